@@ -1,0 +1,224 @@
+package udpstream
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Errors returned by Listen and carried by Packet.Err. Compare with
+// errors.Is: the values returned wrap these with detail.
+var (
+	// ErrNotDestPort marks a well-formed UDP datagram addressed to a port
+	// other than the listened one. It reaches the channel only with
+	// WithPortErrors.
+	ErrNotDestPort = errors.New("udpstream: datagram not for the listened port")
+
+	// ErrBufsizeTooShort marks a datagram larger than the receive buffer
+	// could hold.
+	ErrBufsizeTooShort = errors.New("udpstream: datagram larger than the receive buffer")
+
+	// ErrMalformed marks a packet whose IP or UDP header is inconsistent.
+	ErrMalformed = errors.New("udpstream: malformed packet")
+
+	// ErrChecksum marks a packet whose IPv4 header or UDP checksum is wrong,
+	// or an IPv6 UDP datagram with a zero checksum.
+	ErrChecksum = errors.New("udpstream: bad checksum")
+
+	// ErrDecoderPanic marks a datagram whose decoder panicked. The panic is
+	// recovered and the stream goes on; the error carries the panic value
+	// and the decoder's stack.
+	ErrDecoderPanic = errors.New("udpstream: decoder panicked")
+)
+
+// ECN is the Explicit Congestion Notification codepoint of an IP header
+// (RFC 3168): the two low bits of the IPv4 TOS or IPv6 traffic class.
+type ECN uint8
+
+// ECN codepoints.
+const (
+	NotECT ECN = 0 // not ECN-capable transport
+	ECT1   ECN = 1 // ECN-capable transport, ECT(1)
+	ECT0   ECN = 2 // ECN-capable transport, ECT(0)
+	CE     ECN = 3 // congestion experienced
+)
+
+// String returns the RFC 3168 name of e.
+func (e ECN) String() string {
+	switch e & 3 {
+	case ECT1:
+		return "ECT(1)"
+	case ECT0:
+		return "ECT(0)"
+	case CE:
+		return "CE"
+	}
+	return "Not-ECT"
+}
+
+// Header is the IP and UDP header of a received datagram. It is a plain
+// value owned by its Packet: the slices in it are never shared with the
+// library or the kernel.
+type Header struct {
+	// Version is the IP version, 4 or 6.
+	Version uint8
+
+	// Src and Dst are the IP addresses and UDP ports. IPv4 addresses are
+	// 4-byte addresses, never IPv4-mapped IPv6 addresses.
+	Src, Dst netip.AddrPort
+
+	// TTL is the IPv4 time to live or the IPv6 hop limit, as it arrived.
+	TTL uint8
+
+	// TOS is the IPv4 type of service or the IPv6 traffic class byte:
+	// DSCP in the high six bits, ECN in the low two. See DSCP and ECN.
+	TOS uint8
+
+	// ID is the IPv4 identification field, or the IPv6 fragment
+	// identification when the datagram carried a Fragment header (0
+	// otherwise).
+	ID uint32
+
+	// DF and MF are the IPv4 Don't Fragment and More Fragments flags. MF
+	// is set on a reassembled datagram, as in its first fragment. Both are
+	// false for IPv6.
+	DF, MF bool
+
+	// FlowLabel is the 20-bit IPv6 flow label; 0 for IPv4.
+	FlowLabel uint32
+
+	// Options holds the IPv4 options byte for byte (the header past its
+	// first 20 bytes); nil when there are none and for IPv6.
+	Options []byte
+
+	// ExtHeaders lists the IPv6 extension headers before UDP by their
+	// Next Header numbers (0 Hop-by-Hop, 43 Routing, 44 Fragment, 60
+	// Destination Options), in order; nil when there are none and for
+	// IPv4.
+	ExtHeaders []uint8
+
+	// Fragments is the number of IP fragments the datagram arrived in; 1
+	// when it was not fragmented.
+	Fragments int
+
+	// UDPLength and UDPChecksum are the UDP header's length and checksum
+	// fields as received. UDPLength includes the 8-byte UDP header.
+	UDPLength   uint16
+	UDPChecksum uint16
+
+	// IfIndex is the index of the interface the datagram arrived on.
+	IfIndex int
+
+	// Time is when the kernel received the datagram (its last fragment,
+	// when fragmented).
+	Time time.Time
+}
+
+// DSCP returns the Differentiated Services codepoint, the high six bits
+// of TOS.
+func (h Header) DSCP() uint8 { return h.TOS >> 2 }
+
+// ECN returns the ECN codepoint, the low two bits of TOS.
+func (h Header) ECN() ECN { return ECN(h.TOS & 3) }
+
+// Datagram is the view of one received datagram that a Decoder sees. Its
+// byte slices may point into kernel ring memory and are valid only during
+// the Decoder call: a decoder must copy what it keeps.
+type Datagram struct {
+	hdr Header
+	ip  []byte
+	udp []byte
+}
+
+// Header returns the datagram's parsed header. It is owned by the caller.
+func (d *Datagram) Header() Header { return d.hdr }
+
+// IP returns the whole IP datagram, headers included, reassembled when it
+// arrived in fragments. Valid only during the Decoder call.
+func (d *Datagram) IP() []byte { return d.ip }
+
+// UDP returns the UDP header and payload. Valid only during the Decoder call.
+func (d *Datagram) UDP() []byte { return d.udp }
+
+// Payload returns the UDP payload. Valid only during the Decoder call.
+func (d *Datagram) Payload() []byte { return d.udp[udpHeaderLen:] }
+
+// A Decoder turns one received datagram into a value of the user's type T.
+// It runs on the stream's receive goroutine, one datagram at a time, so it
+// should be quick; the Datagram is valid only during the call. An error it
+// returns reaches the channel as Packet.Err, with the Header filled and
+// Value as the decoder returned it. A panic in a decoder is recovered and
+// reaches the channel as an error wrapping ErrDecoderPanic.
+type Decoder[T any] func(d *Datagram) (T, error)
+
+// Payload is a Decoder that returns a copy of the UDP payload.
+func Payload(d *Datagram) ([]byte, error) {
+	return bytes.Clone(d.Payload()), nil
+}
+
+// Raw is a Decoder that returns a copy of the whole IP datagram, headers
+// included.
+func Raw(d *Datagram) ([]byte, error) {
+	return bytes.Clone(d.IP()), nil
+}
+
+// HeaderOnly is a Decoder for callers that need only Packet.Header. It
+// copies nothing.
+func HeaderOnly(*Datagram) (struct{}, error) {
+	return struct{}{}, nil
+}
+
+// Packet is one item of a stream: a decoded datagram, or an error.
+type Packet[T any] struct {
+	// Value is what the decoder returned.
+	Value T
+
+	// Header is the datagram's parsed IP and UDP header.
+	Header Header
+
+	// Err is nil for a delivered datagram. It is set for a decoder error
+	// (with Header filled), for a datagram to another port when
+	// WithPortErrors asks for those (wrapping ErrNotDestPort, Header
+	// filled), and on the last item of a stream that failed (Header zero),
+	// whose error Stream.Err also returns.
+	Err error
+}
+
+// verdictErr holds the error each drop reason stands for, built once so
+// that reporting a reason allocates nothing.
+var verdictErr = func() [numVerdicts]error {
+	var e [numVerdicts]error
+	w := func(base error, detail string) error { return fmt.Errorf("%w: %s", base, detail) }
+	e[dropNotIP] = w(ErrMalformed, "not an IP packet of the socket's family")
+	e[dropNotUDP] = w(ErrMalformed, "not UDP")
+	e[dropOtherPort] = ErrNotDestPort
+	e[dropMalformedIPHeader] = w(ErrMalformed, "IP header truncated or header length below minimum")
+	e[dropMalformedIPLength] = w(ErrMalformed, "IP length field disagrees with the packet")
+	e[dropMalformedExtHeader] = w(ErrMalformed, "IPv6 extension header chain")
+	e[dropMalformedFragment] = w(ErrMalformed, "fragment offset or length")
+	e[dropMalformedUDPHeader] = w(ErrMalformed, "UDP header truncated")
+	e[dropMalformedUDPLength] = w(ErrMalformed, "UDP length field disagrees with the packet")
+	e[dropBadIPChecksum] = w(ErrChecksum, "IPv4 header checksum")
+	e[dropBadUDPChecksum] = w(ErrChecksum, "UDP checksum")
+	e[dropZeroChecksum6] = w(ErrChecksum, "zero UDP checksum over IPv6")
+	e[dropUnsupported] = w(errors.ErrUnsupported, "IP feature (jumbogram, ESP, AH, routing in transit)")
+	e[dropNotLocal] = errors.New("udpstream: destination is not an address of this host")
+	e[dropOtherHost] = errors.New("udpstream: frame addressed to another host")
+	e[dropOutgoing] = errors.New("udpstream: outgoing copy")
+	e[dropTooLong] = ErrBufsizeTooShort
+	e[dropFragOverlap] = w(ErrMalformed, "overlapping fragments")
+	e[dropFragTimeout] = errors.New("udpstream: reassembly timed out")
+	e[dropFragEvicted] = errors.New("udpstream: reassembly limit reached")
+	e[dropKernel] = errors.New("udpstream: dropped by the kernel: receive ring full")
+	return e
+}()
+
+// err returns the error v stands for; nil for deliver and fragment.
+func (v verdict) err() error {
+	if v < numVerdicts {
+		return verdictErr[v]
+	}
+	return nil
+}

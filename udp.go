@@ -1,0 +1,118 @@
+package udpstream
+
+import (
+	"encoding/binary"
+	"math/bits"
+	"net/netip"
+)
+
+const (
+	udpHeaderLen = 8
+	protoUDP     = 17
+)
+
+// sumLE adds b to a ones'-complement accumulator. Words are loaded in
+// little-endian order, which the ones'-complement sum tolerates (RFC 1071,
+// byte-order independence): fold swaps the result back to network order.
+func sumLE(acc uint64, b []byte) uint64 {
+	var c uint64
+	for len(b) >= 32 {
+		acc, c = bits.Add64(acc, binary.LittleEndian.Uint64(b), c)
+		acc, c = bits.Add64(acc, binary.LittleEndian.Uint64(b[8:]), c)
+		acc, c = bits.Add64(acc, binary.LittleEndian.Uint64(b[16:]), c)
+		acc, c = bits.Add64(acc, binary.LittleEndian.Uint64(b[24:]), c)
+		b = b[32:]
+	}
+	for len(b) >= 8 {
+		acc, c = bits.Add64(acc, binary.LittleEndian.Uint64(b), c)
+		b = b[8:]
+	}
+	if len(b) >= 4 {
+		acc, c = bits.Add64(acc, uint64(binary.LittleEndian.Uint32(b)), c)
+		b = b[4:]
+	}
+	if len(b) >= 2 {
+		acc, c = bits.Add64(acc, uint64(binary.LittleEndian.Uint16(b)), c)
+		b = b[2:]
+	}
+	if len(b) == 1 {
+		// An odd final byte is the high-order byte of a zero-padded
+		// network-order word, which is the low byte in little-endian order.
+		acc, c = bits.Add64(acc, uint64(b[0]), c)
+	}
+	acc, c = bits.Add64(acc, 0, c)
+	return acc + c
+}
+
+// fold reduces an accumulator from sumLE to a 16-bit ones'-complement sum in
+// network byte order (not complemented).
+func fold(acc uint64) uint16 {
+	acc = (acc >> 32) + (acc & 0xffffffff)
+	acc = (acc >> 32) + (acc & 0xffffffff)
+	acc = (acc >> 16) + (acc & 0xffff)
+	acc = (acc >> 16) + (acc & 0xffff)
+	return bits.ReverseBytes16(uint16(acc))
+}
+
+// pseudoSum is the accumulator for a UDP pseudo-header: addrs is the source
+// address followed by the destination address exactly as they stand in the
+// IP header (8 bytes for IPv4, 32 for IPv6); length is the UDP length.
+func pseudoSum(addrs []byte, length uint16) uint64 {
+	acc := sumLE(0, addrs)
+	// Network-order words, added in the little-endian domain of sumLE.
+	acc += uint64(bits.ReverseBytes16(protoUDP)) + uint64(bits.ReverseBytes16(length))
+	return acc
+}
+
+// udpChecksum computes the value to place in a UDP header's checksum field
+// for datagram u (header with a zero checksum field, and payload). It maps
+// a computed zero to 0xffff, as RFC 768 requires.
+func udpChecksum(addrs, u []byte) uint16 {
+	c := ^fold(sumLE(pseudoSum(addrs, uint16(len(u))), u))
+	if c == 0 {
+		c = 0xffff
+	}
+	return c
+}
+
+// ipv4HeaderChecksum computes the header checksum of h, whose checksum
+// field must be zero.
+func ipv4HeaderChecksum(h []byte) uint16 {
+	return ^fold(sumLE(0, h))
+}
+
+// parseUDP validates the UDP header at p.l4 (the IP payload) and fills the
+// UDP fields of p. addrs are the IP source and destination bytes for the
+// pseudo-header.
+func parseUDP(p *parsed, addrs []byte, port uint16, flags classifyFlags) verdict {
+	u := p.l4
+	if len(u) < udpHeaderLen {
+		return dropMalformedUDPHeader
+	}
+	ulen := int(binary.BigEndian.Uint16(u[4:]))
+	if ulen < udpHeaderLen || ulen > len(u) {
+		return dropMalformedUDPLength
+	}
+	u = u[:ulen]
+	p.udp = u
+	sum := binary.BigEndian.Uint16(u[6:])
+	p.UDPLength = uint16(ulen)
+	p.UDPChecksum = sum
+	sport := binary.BigEndian.Uint16(u[0:])
+	dport := binary.BigEndian.Uint16(u[2:])
+	p.Src = netip.AddrPortFrom(p.Src.Addr(), sport)
+	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), dport)
+	if sum == 0 {
+		if p.Version == 6 {
+			return dropZeroChecksum6
+		}
+	} else if flags&flagChecksumVouched == 0 {
+		if fold(sumLE(pseudoSum(addrs, uint16(ulen)), u)) != 0xffff {
+			return dropBadUDPChecksum
+		}
+	}
+	if dport != port {
+		return dropOtherPort
+	}
+	return deliver
+}
