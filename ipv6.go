@@ -99,7 +99,6 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 				off += ipv6FragHeaderLen
 				continue
 			}
-			p.MF = more
 			data := b[off+ipv6FragHeaderLen:]
 			// The reassembled packet keeps the headers before the
 			// fragmentable part and the Fragment header itself.

@@ -58,10 +58,11 @@ func fold(acc uint64) uint16 {
 // address followed by the destination address exactly as they stand in the
 // IP header (8 bytes for IPv4, 32 for IPv6); length is the UDP length.
 func pseudoSum(addrs []byte, length uint16) uint64 {
-	acc := sumLE(0, addrs)
-	// Network-order words, added in the little-endian domain of sumLE.
-	acc += uint64(bits.ReverseBytes16(protoUDP)) + uint64(bits.ReverseBytes16(length))
-	return acc
+	// Network-order words, added in the little-endian domain of sumLE. The
+	// address sum can be near 2^64 (broadcast destinations), so the carry
+	// out of this addition goes back in.
+	acc, c := bits.Add64(sumLE(0, addrs), uint64(bits.ReverseBytes16(protoUDP))+uint64(bits.ReverseBytes16(length)), 0)
+	return acc + c
 }
 
 // udpChecksum computes the value to place in a UDP header's checksum field
