@@ -3,7 +3,6 @@ package udpstream
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"net/netip"
 	"time"
 )
@@ -104,7 +103,11 @@ type Header struct {
 	Fragments int
 
 	// UDPLength and UDPChecksum are the UDP header's length and checksum
-	// fields as received. UDPLength includes the 8-byte UDP header.
+	// fields as received. UDPLength includes the 8-byte UDP header. For a
+	// datagram whose checksum the kernel left to be computed by hardware
+	// or not at all (one sent by this host, such as over loopback),
+	// UDPChecksum holds only the partial pseudo-header sum the sender's
+	// kernel put there.
 	UDPLength   uint16
 	UDPChecksum uint16
 
@@ -180,45 +183,10 @@ type Packet[T any] struct {
 
 	// Err is nil for a delivered datagram. It is set for a decoder error
 	// (with Header filled), for a datagram to another port when
-	// WithPortErrors asks for those (wrapping ErrNotDestPort, Header
-	// filled), and on the last item of a stream that failed (Header zero),
-	// whose error Stream.Err also returns.
+	// WithPortErrors asks for those (ErrNotDestPort, with Header and Value
+	// filled as for any datagram), and on the last item of a stream that
+	// failed (Header zero), whose error Stream.Err also returns.
 	Err error
-}
 
-// verdictErr holds the error each drop reason stands for, built once so
-// that reporting a reason allocates nothing.
-var verdictErr = func() [numVerdicts]error {
-	var e [numVerdicts]error
-	w := func(base error, detail string) error { return fmt.Errorf("%w: %s", base, detail) }
-	e[dropNotIP] = w(ErrMalformed, "not an IP packet of the socket's family")
-	e[dropNotUDP] = w(ErrMalformed, "not UDP")
-	e[dropOtherPort] = ErrNotDestPort
-	e[dropMalformedIPHeader] = w(ErrMalformed, "IP header truncated or header length below minimum")
-	e[dropMalformedIPLength] = w(ErrMalformed, "IP length field disagrees with the packet")
-	e[dropMalformedExtHeader] = w(ErrMalformed, "IPv6 extension header chain")
-	e[dropMalformedFragment] = w(ErrMalformed, "fragment offset or length")
-	e[dropMalformedUDPHeader] = w(ErrMalformed, "UDP header truncated")
-	e[dropMalformedUDPLength] = w(ErrMalformed, "UDP length field disagrees with the packet")
-	e[dropBadIPChecksum] = w(ErrChecksum, "IPv4 header checksum")
-	e[dropBadUDPChecksum] = w(ErrChecksum, "UDP checksum")
-	e[dropZeroChecksum6] = w(ErrChecksum, "zero UDP checksum over IPv6")
-	e[dropUnsupported] = w(errors.ErrUnsupported, "IP feature (jumbogram, ESP, AH, routing in transit)")
-	e[dropNotLocal] = errors.New("udpstream: destination is not an address of this host")
-	e[dropOtherHost] = errors.New("udpstream: frame addressed to another host")
-	e[dropOutgoing] = errors.New("udpstream: outgoing copy")
-	e[dropTooLong] = ErrBufsizeTooShort
-	e[dropFragOverlap] = w(ErrMalformed, "overlapping fragments")
-	e[dropFragTimeout] = errors.New("udpstream: reassembly timed out")
-	e[dropFragEvicted] = errors.New("udpstream: reassembly limit reached")
-	e[dropKernel] = errors.New("udpstream: dropped by the kernel: receive ring full")
-	return e
-}()
-
-// err returns the error v stands for; nil for deliver and fragment.
-func (v verdict) err() error {
-	if v < numVerdicts {
-		return verdictErr[v]
-	}
-	return nil
+	tx *sender // the stream's sending socket, for Reply
 }

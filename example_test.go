@@ -1,0 +1,133 @@
+package udpstream_test
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"sync"
+	"time"
+
+	"github.com/udpstream/udpstream"
+)
+
+// Ranging over the channel: one loop for IPv4 and IPv6, with the header of
+// every datagram.
+func Example() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	defer stop()
+
+	pkts, err := udpstream.Listen(ctx, 5353, udpstream.Payload)
+	if err != nil {
+		log.Fatal(err) // e.g. missing CAP_NET_RAW: the error says how to grant it
+	}
+	for p := range pkts {
+		if p.Err != nil {
+			log.Print(p.Err)
+			continue
+		}
+		fmt.Println(p.Header.Src, "ttl", p.Header.TTL, "ecn", p.Header.ECN(), len(p.Value), "bytes")
+	}
+}
+
+// Selecting on the stream and a ticker in one loop, with the Stream handle
+// for counters and the reason it ended.
+func Example_select() {
+	s, err := udpstream.Open(context.Background(), 0, udpstream.HeaderOnly)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	fmt.Println("listening on port", s.Port())
+
+	tick := time.NewTicker(10 * time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case p, ok := <-s.Packets():
+			if !ok {
+				log.Printf("stream ended: %v", s.Err())
+				return
+			}
+			fmt.Println(p.Header.Src, p.Header.Dst, p.Header.TTL)
+		case <-tick.C:
+			st := s.Stats()
+			fmt.Printf("delivered %d, dropped %d (kernel %d)\n", st.Delivered, st.Dropped(), st.KernelDrops)
+		}
+	}
+}
+
+// A pipeline stage: the stream feeds a pool of workers that answer each
+// datagram from the address it was sent to.
+func Example_pipeline() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	pkts, err := udpstream.Listen(ctx, 7, udpstream.Payload) // echo
+	if err != nil {
+		log.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for p := range pkts {
+				if p.Err != nil {
+					continue
+				}
+				if err := p.Reply(p.Value); err != nil {
+					log.Print(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// dnsQuery is what a DNS server might keep of a query: the decoder copies
+// only these fields out of the datagram, which is valid only during the
+// call.
+type dnsQuery struct {
+	ID      uint16
+	Flags   uint16
+	Queries uint16
+}
+
+var errShortDNS = errors.New("short DNS message")
+
+func decodeDNS(d *udpstream.Datagram) (dnsQuery, error) {
+	b := d.Payload()
+	if len(b) < 12 {
+		return dnsQuery{}, errShortDNS
+	}
+	return dnsQuery{
+		ID:      binary.BigEndian.Uint16(b[0:]),
+		Flags:   binary.BigEndian.Uint16(b[2:]),
+		Queries: binary.BigEndian.Uint16(b[4:]),
+	}, nil
+}
+
+// A custom decoder: T is inferred from it and checked at compile time.
+func Example_customDecoder() {
+	pkts, err := udpstream.Listen(context.Background(), 53, decodeDNS,
+		udpstream.WithNetwork("udp4"), udpstream.WithChannelCapacity(4096))
+	if err != nil {
+		log.Fatal(err)
+	}
+	for p := range pkts {
+		if errors.Is(p.Err, errShortDNS) {
+			continue // the header is still there: p.Header.Src sent junk
+		}
+		q := p.Value
+		fmt.Printf("query %#04x from %v, %d hops away\n", q.ID, p.Header.Src, 64-int(p.Header.TTL))
+	}
+}
+
+func ExampleHeader_ECN() {
+	h := udpstream.Header{TOS: 0xb8 | 3} // DSCP 46 (EF), ECN CE
+	fmt.Println(h.DSCP(), h.ECN())
+	// Output: 46 CE
+}

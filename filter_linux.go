@@ -1,0 +1,140 @@
+package udpstream
+
+import (
+	"fmt"
+
+	"golang.org/x/sys/unix"
+)
+
+// Classic BPF ancillary-data offsets (linux/filter.h), not in x/sys/unix.
+const (
+	skfAdOff     = 0xfffff000 // SKF_AD_OFF, -4096 as a uint32
+	skfAdPktType = 4          // SKF_AD_PKTTYPE
+	bpfAccept    = 0xffffffff // snap length: the whole packet
+)
+
+// bpfInsn is an instruction whose jump targets are labels; "" means the
+// next instruction.
+type bpfInsn struct {
+	code   uint16
+	k      uint32
+	jt, jf string
+	label  string // set on a label pseudo-instruction
+}
+
+// portFilter builds the kernel filter of a packet socket of one family: it
+// passes UDP to port (all UDP when allPorts), and the packets whose port
+// only user space can judge (IP fragments, and IPv6 packets whose header
+// chain starts with an extension header). It drops copies of outgoing
+// packets and, unless otherHost, frames addressed to another host. The
+// socket is of type SOCK_DGRAM, so offset 0 is the IP header.
+func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.SockFilter, error) {
+	const (
+		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		ldIndH = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
+		ldxMsh = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+		ja     = unix.BPF_JMP | unix.BPF_JA
+		ret    = unix.BPF_RET | unix.BPF_K
+	)
+	p := []bpfInsn{
+		{code: ldAbsB, k: skfAdOff + skfAdPktType},
+		{code: jeq, k: unix.PACKET_OUTGOING, jt: "drop"},
+	}
+	if !otherHost {
+		p = append(p, bpfInsn{code: jeq, k: unix.PACKET_OTHERHOST, jt: "drop"})
+	}
+	switch family {
+	case 4:
+		p = append(p,
+			bpfInsn{code: ldAbsB, k: 9}, // protocol
+			bpfInsn{code: jeq, k: protoUDP, jf: "drop"},
+			bpfInsn{code: ldAbsH, k: 6}, // flags and fragment offset
+			bpfInsn{code: jset, k: ipv4FlagMF | ipv4OffsetMask, jt: "accept"},
+			bpfInsn{code: ldxMsh, k: 0}, // X = IHL * 4
+			bpfInsn{code: ldIndH, k: 2}, // UDP destination port
+		)
+	case 6:
+		p = append(p,
+			bpfInsn{code: ldAbsB, k: 6}, // next header
+			bpfInsn{code: jeq, k: protoUDP, jt: "udp6"},
+			bpfInsn{code: jeq, k: nhFragment, jt: "accept"},
+			bpfInsn{code: jeq, k: nhHopByHop, jt: "accept"},
+			bpfInsn{code: jeq, k: nhRouting, jt: "accept"},
+			bpfInsn{code: jeq, k: nhDestOptions, jt: "accept"},
+			bpfInsn{code: ja, jt: "drop"},
+			bpfInsn{label: "udp6"},
+			bpfInsn{code: ldAbsH, k: ipv6HeaderLen + 2}, // UDP destination port
+		)
+	default:
+		return nil, fmt.Errorf("udpstream: no filter for IP version %d", family)
+	}
+	if allPorts {
+		p = append(p, bpfInsn{code: ja, jt: "accept"})
+	} else {
+		p = append(p, bpfInsn{code: jeq, k: uint32(port), jt: "accept", jf: "drop"})
+	}
+	p = append(p,
+		bpfInsn{label: "accept"},
+		bpfInsn{code: ret, k: bpfAccept},
+		bpfInsn{label: "drop"},
+		bpfInsn{code: ret, k: 0},
+	)
+	return assembleBPF(p)
+}
+
+// dropAllFilter is a filter that keeps nothing: the port-reservation socket
+// must never queue data.
+var dropAllFilter = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+
+// assembleBPF resolves labels into the relative jump offsets of classic BPF.
+func assembleBPF(src []bpfInsn) ([]unix.SockFilter, error) {
+	at := map[string]int{}
+	n := 0
+	for _, in := range src {
+		if in.label != "" {
+			at[in.label] = n
+			continue
+		}
+		n++
+	}
+	out := make([]unix.SockFilter, 0, n)
+	target := func(label string, pc int) (int, error) {
+		if label == "" {
+			return 0, nil
+		}
+		t, ok := at[label]
+		if !ok || t <= pc {
+			return 0, fmt.Errorf("udpstream: filter label %q: not a forward jump", label)
+		}
+		return t - pc - 1, nil
+	}
+	for _, in := range src {
+		if in.label != "" {
+			continue
+		}
+		pc := len(out)
+		jt, err := target(in.jt, pc)
+		if err != nil {
+			return nil, err
+		}
+		jf, err := target(in.jf, pc)
+		if err != nil {
+			return nil, err
+		}
+		f := unix.SockFilter{Code: in.code, K: in.k}
+		if in.code&0x07 == unix.BPF_JMP && in.code&0xf0 == unix.BPF_JA {
+			// An unconditional jump takes its offset in k.
+			f.K = uint32(jt)
+		} else {
+			if jt > 255 || jf > 255 {
+				return nil, fmt.Errorf("udpstream: filter jump too long")
+			}
+			f.Jt, f.Jf = uint8(jt), uint8(jf)
+		}
+		out = append(out, f)
+	}
+	return out, nil
+}

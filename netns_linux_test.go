@@ -1,0 +1,304 @@
+package udpstream
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Tests that need the kernel run in a network namespace of their own, never
+// in the host's. runInNetns re-executes the test binary in a new user and
+// network namespace, where it has CAP_NET_RAW and CAP_NET_ADMIN without
+// being root, and runs the one test there; the parent passes or fails with
+// the child. When namespaces cannot be made the test is skipped with the
+// reason, and under CI=true that skip is a failure.
+
+const envNetnsTest = "UDPSTREAM_NETNS_TEST"
+
+// inNetns reports whether the caller is the namespaced child and should
+// run the test body. In the parent it runs the child and returns false.
+func inNetns(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(envNetnsTest) == t.Name() {
+		ip(t, "link", "set", "lo", "up")
+		return true
+	}
+	if strings.Contains(t.Name(), "/") {
+		t.Fatalf("inNetns runs top-level tests only")
+	}
+	runChild(t, syscall.CLONE_NEWUSER|syscall.CLONE_NEWNET, envNetnsTest+"="+t.Name())
+	return false
+}
+
+// runChild re-executes this test binary for t.Name() with the given clone
+// flags (which must include CLONE_NEWUSER) and environment.
+func runChild(t *testing.T, cloneflags uintptr, env ...string) {
+	t.Helper()
+	if _, err := exec.LookPath("ip"); err != nil {
+		skipOrFail(t, "the ip command (iproute2) is not installed")
+	}
+	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v", "-test.count=1"}
+	if testing.Short() {
+		args = append(args, "-test.short")
+	}
+	cmd := exec.Command(os.Args[0], args...)
+	// The race runtime sleeps a second at exit unless told not to.
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  cloneflags,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+	}
+	out, err := cmd.CombinedOutput()
+	if err != nil && !bytes.Contains(out, []byte("=== RUN")) {
+		// The child never started: namespaces are not available here.
+		skipOrFail(t, fmt.Sprintf("cannot run in a new user and network namespace: %v: %s", err, out))
+	}
+	t.Logf("namespaced child:\n%s", out)
+	if err != nil {
+		t.Fatalf("namespaced child failed: %v", err)
+	}
+	if bytes.Contains(out, []byte("--- SKIP: "+t.Name())) {
+		skipOrFail(t, "namespaced child skipped")
+	}
+	if !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
+		t.Fatalf("namespaced child did not report a pass")
+	}
+}
+
+// skipOrFail skips a privileged test, unless running in CI, where a skipped
+// privileged test would hide a broken environment.
+func skipOrFail(t *testing.T, why string) {
+	t.Helper()
+	if os.Getenv("CI") != "" {
+		t.Fatalf("privileged test cannot run in CI: %s", why)
+	}
+	t.Skip(why)
+}
+
+// ip runs the ip command, failing the test on error.
+func ip(t *testing.T, args ...string) {
+	t.Helper()
+	out, err := exec.Command("ip", args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}
+
+// udpSender is an ordinary UDP socket with a chosen TTL / hop limit and TOS /
+// traffic class.
+func udpSender(t *testing.T, network string, ttl, tos int) *net.UDPConn {
+	t.Helper()
+	laddr := "127.0.0.1:0"
+	if network == "udp6" {
+		laddr = "[::1]:0"
+	}
+	c, err := net.ListenPacket(network, laddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	uc := c.(*net.UDPConn)
+	t.Cleanup(func() { uc.Close() })
+	rc, err := uc.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if network == "udp6" {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, ttl)
+			if serr == nil {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, tos)
+			}
+			return
+		}
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, ttl)
+		if serr == nil {
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, tos)
+		}
+	})
+	if err != nil || serr != nil {
+		t.Fatalf("setting TTL/TOS: %v %v", err, serr)
+	}
+	return uc
+}
+
+// sendTo sends payload from c to addr:port.
+func sendTo(t *testing.T, c *net.UDPConn, addr string, port uint16, payload []byte) {
+	t.Helper()
+	dst := netip.AddrPortFrom(netip.MustParseAddr(addr), port)
+	if _, err := c.WriteToUDPAddrPort(payload, dst); err != nil {
+		t.Fatalf("send to %v: %v", dst, err)
+	}
+}
+
+// vethPair creates veth pair a <-> b in this namespace, both up, and
+// returns b's interface and a's MAC address (the destination for frames
+// injected on b).
+func vethPair(t *testing.T, a, b string) (bIf *net.Interface, aMAC net.HardwareAddr, aIf *net.Interface) {
+	t.Helper()
+	ip(t, "link", "add", a, "type", "veth", "peer", "name", b)
+	ip(t, "link", "set", a, "up")
+	ip(t, "link", "set", b, "up")
+	ai, err := net.InterfaceByName(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bi, err := net.InterfaceByName(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bi, ai.HardwareAddr, ai
+}
+
+// injectLink makes a veth link whose near end, in0, has the given
+// addresses (prefixes; IPv6 ones skip duplicate address detection), and
+// returns an injector whose packets arrive on in0 from its peer.
+func injectLink(t *testing.T, prefixes ...string) *injector {
+	t.Helper()
+	peer, mac, _ := vethPair(t, "in0", "in1")
+	for _, p := range prefixes {
+		if netip.MustParsePrefix(p).Addr().Is6() {
+			ip(t, "-6", "addr", "add", p, "dev", "in0", "nodad")
+		} else {
+			ip(t, "addr", "add", p, "dev", "in0")
+		}
+	}
+	return newInjector(t, peer, mac)
+}
+
+// injector sends hand-built IP packets out of an interface with a packet
+// socket, so that they arrive on its veth peer as received traffic.
+type injector struct {
+	fd  int
+	ifi *net.Interface
+	dst net.HardwareAddr
+}
+
+func newInjector(t *testing.T, ifi *net.Interface, dst net.HardwareAddr) *injector {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	return &injector{fd: fd, ifi: ifi, dst: dst}
+}
+
+func (in *injector) send(t *testing.T, pkt []byte) {
+	t.Helper()
+	proto := uint16(unix.ETH_P_IP)
+	if pkt[0]>>4 == 6 {
+		proto = unix.ETH_P_IPV6
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: in.ifi.Index, Halen: 6}
+	copy(sa.Addr[:], in.dst)
+	if err := unix.Sendto(in.fd, pkt, 0, sa); err != nil {
+		t.Fatalf("inject: %v", err)
+	}
+}
+
+// leakCheck records goroutines and fds now and, at cleanup, fails if more
+// remain than before once the runtime has had a moment to settle.
+func leakCheck(t *testing.T) {
+	t.Helper()
+	g0, f0, m0 := runtime.NumGoroutine(), countFDs(t), countPacketMaps(t)
+	t.Cleanup(func() {
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			g, f, m := runtime.NumGoroutine(), countFDs(t), countPacketMaps(t)
+			if g <= g0 && f <= f0 && m <= m0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				buf := make([]byte, 1<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				t.Errorf("leak: goroutines %d -> %d, fds %d -> %d, packet mappings %d -> %d\n%s", g0, g, f0, f, m0, m, buf)
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
+}
+
+func countFDs(t *testing.T) int {
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
+}
+
+// countPacketMaps counts mappings of packet sockets (receive rings).
+func countPacketMaps(t *testing.T) int {
+	b, err := os.ReadFile("/proc/self/maps")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return bytes.Count(b, []byte("socket:["))
+}
+
+const envPeer = "UDPSTREAM_PEER_TEST"
+
+// isPeer reports whether this process is the peer host of test t, started
+// by startPeer.
+func isPeer(t *testing.T) bool { return os.Getenv(envPeer) == t.Name() }
+
+// startPeer runs test t again as a peer host: a process in a network
+// namespace of its own (inside the test's user namespace), given the
+// interface ifname of this namespace. The peer's test body starts once the
+// interface has arrived; env passes it parameters. wait returns the peer's
+// output and fails the test if the peer failed.
+func startPeer(t *testing.T, ifname string, env ...string) (wait func() string) {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"), envPeer+"="+t.Name(), "UDPSTREAM_PEER_IF="+ifname)
+	cmd.Env = append(cmd.Env, env...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("starting peer: %v", err)
+	}
+	ip(t, "link", "set", ifname, "netns", fmt.Sprint(cmd.Process.Pid))
+	return func() string {
+		t.Helper()
+		err := cmd.Wait()
+		if err != nil || !bytes.Contains(out.Bytes(), []byte("--- PASS: "+t.Name())) {
+			t.Fatalf("peer failed: %v\n%s", err, out.String())
+		}
+		return out.String()
+	}
+}
+
+// peerInterface waits in the peer for its interface to arrive, brings it
+// and loopback up, and returns it.
+func peerInterface(t *testing.T) *net.Interface {
+	t.Helper()
+	name := os.Getenv("UDPSTREAM_PEER_IF")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		ifi, err := net.InterfaceByName(name)
+		if err == nil {
+			ip(t, "link", "set", "lo", "up")
+			ip(t, "link", "set", name, "up")
+			return ifi
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("interface %s never arrived in the peer namespace", name)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}

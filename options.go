@@ -1,0 +1,225 @@
+package udpstream
+
+import (
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults for the options.
+const (
+	// DefaultBufferSize is the kernel receive ring per address family: 4 MiB
+	// holds 2,048 datagrams of up to 1,968 bytes each, several milliseconds
+	// of a saturated loopback.
+	DefaultBufferSize = 4 << 20
+
+	// DefaultChannelCapacity is the capacity of the Packet channel.
+	DefaultChannelCapacity = 256
+
+	// DefaultReassemblyTimeout is how long a fragmented datagram may take
+	// to arrive whole, counted from its first fragment (as Linux's
+	// ipfrag_time).
+	DefaultReassemblyTimeout = 30 * time.Second
+
+	// DefaultReassemblyMemory caps the bytes held by datagrams being
+	// reassembled (as Linux's ipfrag_high_thresh).
+	DefaultReassemblyMemory = 4 << 20
+
+	// DefaultMaxFragments bounds the fragments of one datagram.
+	DefaultMaxFragments = 64
+
+	// DefaultMaxPerSource bounds the datagrams one source may have in
+	// reassembly at once.
+	DefaultMaxPerSource = 64
+
+	minBufferSize = 128 << 10
+	maxBufferSize = 1 << 30
+)
+
+// config is what the options set.
+type config struct {
+	ifName         string
+	ifIndex        int
+	network        string // "udp", "udp4" or "udp6"
+	bufferSize     int
+	chanCap        int
+	portErrors     bool
+	monitor        bool
+	anyDestination bool
+	fanout         int
+	send           SendOptions
+
+	reasmTimeout   time.Duration
+	reasmMemory    int
+	reasmFragments int
+	reasmPerSource int
+}
+
+func defaultConfig() config {
+	return config{
+		network:        "udp",
+		bufferSize:     DefaultBufferSize,
+		chanCap:        DefaultChannelCapacity,
+		fanout:         1,
+		reasmTimeout:   DefaultReassemblyTimeout,
+		reasmMemory:    DefaultReassemblyMemory,
+		reasmFragments: DefaultMaxFragments,
+		reasmPerSource: DefaultMaxPerSource,
+	}
+}
+
+// An Option configures Listen and Open. Options are applied in order; a
+// bad value makes Listen return an error that names it.
+type Option struct {
+	apply func(*config) error
+}
+
+var errOption = errors.New("udpstream: invalid option")
+
+func optionErr(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errOption}, args...)...)
+}
+
+// WithInterface receives only datagrams that arrive on the named interface
+// (and reserves the port only there). By default every interface is used.
+func WithInterface(name string) Option {
+	return Option{func(c *config) error {
+		if name == "" {
+			return optionErr("empty interface name")
+		}
+		c.ifName, c.ifIndex = name, 0
+		return nil
+	}}
+}
+
+// WithInterfaceIndex is WithInterface by interface index.
+func WithInterfaceIndex(index int) Option {
+	return Option{func(c *config) error {
+		if index <= 0 {
+			return optionErr("interface index %d: must be positive", index)
+		}
+		c.ifName, c.ifIndex = "", index
+		return nil
+	}}
+}
+
+// WithNetwork selects the address families: "udp" (both, the default),
+// "udp4" (IPv4 only) or "udp6" (IPv6 only).
+func WithNetwork(network string) Option {
+	return Option{func(c *config) error {
+		switch network {
+		case "udp", "udp4", "udp6":
+			c.network = network
+			return nil
+		}
+		return optionErr("network %q: want udp, udp4 or udp6", network)
+	}}
+}
+
+// WithBufferSize sets the kernel receive ring of each address family, in
+// bytes (default DefaultBufferSize, at least 128 KiB). When the consumer
+// falls behind, the ring absorbs bursts; when it is full, the kernel drops
+// datagrams and Stats.KernelDrops counts them.
+func WithBufferSize(bytes int) Option {
+	return Option{func(c *config) error {
+		if bytes < minBufferSize || bytes > maxBufferSize {
+			return optionErr("buffer size %d: want %d to %d bytes", bytes, minBufferSize, maxBufferSize)
+		}
+		c.bufferSize = bytes
+		return nil
+	}}
+}
+
+// WithChannelCapacity sets the capacity of the Packet channel (default
+// DefaultChannelCapacity; 0 makes it unbuffered).
+func WithChannelCapacity(n int) Option {
+	return Option{func(c *config) error {
+		if n < 0 {
+			return optionErr("channel capacity %d: must not be negative", n)
+		}
+		c.chanCap = n
+		return nil
+	}}
+}
+
+// WithPortErrors makes well-formed UDP datagrams to other ports reach the
+// channel as Packets whose Err wraps ErrNotDestPort, with their Header
+// filled. By default they are dropped in the kernel and never seen.
+func WithPortErrors() Option {
+	return Option{func(c *config) error {
+		c.portErrors = true
+		return nil
+	}}
+}
+
+// WithMonitor observes a port without reserving it, so that another
+// process may own it. Without a reservation nothing stops the kernel from
+// answering ICMP port unreachable when no process owns the port, and
+// sending (Packet.Reply) is unavailable. Port 0 is refused in monitor mode.
+func WithMonitor() Option {
+	return Option{func(c *config) error {
+		c.monitor = true
+		return nil
+	}}
+}
+
+// WithAnyDestination delivers datagrams whatever their destination
+// address, including multicast and addresses of other hosts (such as
+// frames seen in promiscuous mode). By default only datagrams the kernel
+// would deliver to a socket bound to the unspecified address are.
+func WithAnyDestination() Option {
+	return Option{func(c *config) error {
+		c.anyDestination = true
+		return nil
+	}}
+}
+
+// WithReassembly sets the limits of IP fragment reassembly: how long a
+// datagram may take to arrive whole from its first fragment, the memory
+// all datagrams in reassembly may hold, the fragments one datagram may
+// have, and the datagrams one source may have in reassembly at once.
+// Datagrams over a limit are dropped and counted in Stats.
+func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource int) Option {
+	return Option{func(c *config) error {
+		switch {
+		case timeout <= 0:
+			return optionErr("reassembly timeout %v: must be positive", timeout)
+		case memory < 64<<10:
+			return optionErr("reassembly memory %d: want at least 64 KiB", memory)
+		case maxFragments < 2:
+			return optionErr("reassembly fragments %d: want at least 2", maxFragments)
+		case maxPerSource < 1:
+			return optionErr("reassembly datagrams per source %d: want at least 1", maxPerSource)
+		}
+		c.reasmTimeout, c.reasmMemory = timeout, memory
+		c.reasmFragments, c.reasmPerSource = maxFragments, maxPerSource
+		return nil
+	}}
+}
+
+// WithFanout receives each address family through n packet sockets (1 to
+// 16, default 1) in a PACKET_FANOUT group, each with a receive goroutine
+// of its own, all feeding the one channel. The kernel spreads datagrams
+// over the sockets by flow hash, so the datagrams of one flow keep their
+// order. The buffer of WithBufferSize is shared among the n sockets of a
+// family. It helps when decoding, not receiving, is the bottleneck and
+// cores are free.
+func WithFanout(n int) Option {
+	return Option{func(c *config) error {
+		if n < 1 || n > 16 {
+			return optionErr("fanout %d: want 1 to 16 sockets per family", n)
+		}
+		c.fanout = n
+		return nil
+	}}
+}
+
+func (c *config) families() []uint8 {
+	switch c.network {
+	case "udp4":
+		return []uint8{4}
+	case "udp6":
+		return []uint8{6}
+	}
+	return []uint8{4, 6}
+}

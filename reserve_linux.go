@@ -1,0 +1,60 @@
+package udpstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// reservePort binds a UDP socket to the port on the unspecified address so
+// that no other process takes it and the kernel does not answer ICMP port
+// unreachable. A drop-all filter, attached before bind, keeps it from ever
+// queueing data: the packet sockets receive the datagrams. With port 0 the
+// kernel picks the port. For "udp" the socket is dual-stack ([::] with
+// IPV6_V6ONLY off), or IPv4 where the host has no IPv6.
+func reservePort(network string, port uint16, ifName string) (*net.UDPConn, uint16, error) {
+	lc := net.ListenConfig{
+		Control: func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				if serr = attachFilter(int(fd), dropAllFilter); serr != nil {
+					return
+				}
+				if ifName != "" {
+					// Reserve the port only where the stream listens; other
+					// interfaces keep the kernel's ordinary behaviour.
+					serr = unix.BindToDevice(int(fd), ifName)
+					if serr != nil {
+						serr = os.NewSyscallError("setsockopt SO_BINDTODEVICE", serr)
+					}
+				}
+			})
+			if err != nil {
+				return err
+			}
+			return serr
+		},
+	}
+	addr := ":" + strconv.Itoa(int(port))
+	switch network {
+	case "udp4":
+		addr = "0.0.0.0" + addr
+	case "udp6":
+		addr = "[::]" + addr
+	}
+	pc, err := lc.ListenPacket(context.Background(), network, addr)
+	if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
+			return nil, 0, fmt.Errorf("udpstream: port %d is in use by another socket (WithMonitor observes a port another process owns): %w", port, err)
+		}
+		return nil, 0, fmt.Errorf("udpstream: reserving UDP port %d: %w", port, err)
+	}
+	c := pc.(*net.UDPConn)
+	return c, uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}

@@ -1,0 +1,290 @@
+package udpstream
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"sync/atomic"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The receive ring is TPACKET_V2: fixed-size frames, each handed to user
+// space as soon as the kernel fills it, with a wakeup per frame while the
+// reader sleeps. TPACKET_V3 batches better but hands over a block only
+// when it is full or its retire timer fires, which would add milliseconds
+// to every answer of a lightly loaded request/response server. With V2 a
+// busy reader makes no system call per datagram: it walks the ring until
+// it finds no ready frame and only then waits in the poller.
+const (
+	ringFrameSize = 2048       // holds an IP datagram of ringFrameSize - 80 bytes
+	ringBlockSize = 128 << 10  // allocation unit of the ring in the kernel
+	bigBufSize    = 64<<10 + 1 // a whole IP datagram, for frames too big for a slot
+
+	// Offsets in a TPACKET_V2 frame (linux/if_packet.h): the tpacket2_hdr,
+	// then a sockaddr_ll at TPACKET_ALIGN(sizeof(tpacket2_hdr)) = 32.
+	tpStatus  = 0
+	tpLen     = 4
+	tpSnaplen = 8
+	tpNet     = 14
+	tpSec     = 16
+	tpNsec    = 20
+	sllIfIdx  = 32 + 4
+	sllPkt    = 32 + 10
+	frameHdr  = 32 + 20
+)
+
+// packetSocket is one AF_PACKET socket with its receive ring.
+type packetSocket struct {
+	fam    uint8
+	file   *os.File
+	rc     syscall.RawConn
+	ring   []byte
+	frames int
+	next   int    // the frame to read next
+	big    []byte // receives frames flagged TP_STATUS_COPY
+}
+
+func (ps *packetSocket) family() uint8 { return ps.fam }
+
+// errNoCapNetRaw explains the one setup error users meet most.
+var errNoCapNetRaw = errors.New("udpstream: packet sockets need CAP_NET_RAW: run as root, " +
+	"grant it with 'sudo setcap cap_net_raw=ep /path/to/program', " +
+	"or run in a user and network namespace ('unshare -rn')")
+
+// newPacketFD opens a non-blocking packet socket bound to no protocol,
+// which receives nothing until bind names one.
+func newPacketFD() (int, error) {
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		err = os.NewSyscallError("socket", err)
+		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+			err = fmt.Errorf("%w: %w", errNoCapNetRaw, err)
+		}
+		return -1, err
+	}
+	return fd, nil
+}
+
+// checkPacketSockets reports whether this process may open packet sockets.
+func checkPacketSockets() error {
+	fd, err := newPacketFD()
+	if err != nil {
+		return err
+	}
+	return unix.Close(fd)
+}
+
+// openPacketSocket creates the socket of one family: filter first, then
+// the ring, then bind, so that nothing unfiltered is ever queued. With
+// group -1 the socket stands alone; with 0 it starts a fanout group; above
+// 0 it joins that group. It returns the group's id.
+func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group int, cfg *config) (_ *packetSocket, _ int, err error) {
+	fd, err := newPacketFD()
+	if err != nil {
+		return nil, 0, err
+	}
+	ps := &packetSocket{fam: fam}
+	defer func() {
+		if err != nil && fd >= 0 {
+			if ps.ring != nil {
+				_ = unix.Munmap(ps.ring)
+			}
+			_ = unix.Close(fd)
+		}
+	}()
+
+	prog, err := portFilter(fam, port, cfg.portErrors, cfg.anyDestination)
+	if err != nil {
+		return nil, 0, err
+	}
+	if group > 0 {
+		// Between bind and joining the group the socket would receive on
+		// its own, duplicating what the group delivers: it keeps nothing
+		// until it has joined.
+		err = attachFilter(fd, dropAllFilter)
+	} else {
+		err = attachFilter(fd, prog)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
+		return nil, 0, os.NewSyscallError("setsockopt PACKET_VERSION", err)
+	}
+	// A datagram too big for a ring slot still gets a (truncated) slot,
+	// and with PACKET_COPY_THRESH a whole copy on the socket's queue.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_COPY_THRESH, 1); err != nil {
+		return nil, 0, os.NewSyscallError("setsockopt PACKET_COPY_THRESH", err)
+	}
+	// The queue must hold a few 64 KiB datagrams; raising the limit past
+	// net.core.rmem_max needs CAP_NET_ADMIN, so a failure is not fatal.
+	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 1<<20) != nil {
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUF, 1<<20)
+	}
+
+	blocks := (ringBytes + ringBlockSize - 1) / ringBlockSize
+	req := unix.TpacketReq{
+		Block_size: ringBlockSize,
+		Block_nr:   uint32(blocks),
+		Frame_size: ringFrameSize,
+		Frame_nr:   uint32(blocks * (ringBlockSize / ringFrameSize)),
+	}
+	if err := unix.SetsockoptTpacketReq(fd, unix.SOL_PACKET, unix.PACKET_RX_RING, &req); err != nil {
+		return nil, 0, os.NewSyscallError("setsockopt PACKET_RX_RING", err)
+	}
+	ring, err := unix.Mmap(fd, 0, blocks*ringBlockSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, 0, os.NewSyscallError("mmap", err)
+	}
+	ps.ring = ring
+	ps.frames = int(req.Frame_nr)
+
+	proto := uint16(unix.ETH_P_IP)
+	if fam == 6 {
+		proto = unix.ETH_P_IPV6
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: ifIndex}
+	if err := unix.Bind(fd, sa); err != nil {
+		return nil, 0, os.NewSyscallError("bind", err)
+	}
+	if group >= 0 {
+		if group, err = joinFanout(fd, group); err != nil {
+			return nil, 0, err
+		}
+		if err := attachFilter(fd, prog); err != nil {
+			return nil, 0, err
+		}
+	}
+
+	ps.file = os.NewFile(uintptr(fd), fmt.Sprintf("packet-ipv%d", fam))
+	fd = -1 // ps.file owns it now
+	rc, err := ps.file.SyscallConn()
+	if err != nil {
+		ps.close()
+		return nil, 0, err
+	}
+	ps.rc = rc
+	return ps, group, nil
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// frameAt returns the status word of frame i.
+func (ps *packetSocket) status(i int) *uint32 {
+	return (*uint32)(unsafe.Pointer(&ps.ring[i*ringFrameSize+tpStatus]))
+}
+
+// ready reports whether the next frame belongs to user space.
+func (ps *packetSocket) ready() bool {
+	return atomic.LoadUint32(ps.status(ps.next))&unix.TP_STATUS_USER != 0
+}
+
+// peek returns the next ready frame's packet and metadata, or ok false when
+// the ring is empty. A frame too long for its slot is read from the
+// socket's queue instead; one the kernel could not keep whole is reported
+// with tooLong. The frame stays owned by user space until release.
+func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool) {
+	st := atomic.LoadUint32(ps.status(ps.next))
+	if st&unix.TP_STATUS_USER == 0 {
+		return nil, false, false, false
+	}
+	f := ps.ring[ps.next*ringFrameSize : (ps.next+1)*ringFrameSize]
+	n := int(binary.NativeEndian.Uint32(f[tpLen:]))
+	snap := int(binary.NativeEndian.Uint32(f[tpSnaplen:]))
+	off := int(binary.NativeEndian.Uint16(f[tpNet:]))
+	m.sec = binary.NativeEndian.Uint32(f[tpSec:])
+	m.nsec = binary.NativeEndian.Uint32(f[tpNsec:])
+	m.ifIndex = int(int32(binary.NativeEndian.Uint32(f[sllIfIdx:])))
+	m.pktType = f[sllPkt]
+	m.vouched = st&(unix.TP_STATUS_CSUMNOTREADY|unix.TP_STATUS_CSUM_VALID) != 0
+	losing = st&unix.TP_STATUS_LOSING != 0
+
+	switch {
+	case st&unix.TP_STATUS_COPY != 0:
+		// The whole packet waits on the socket's queue, in ring order.
+		if ps.big == nil {
+			ps.big = make([]byte, bigBufSize)
+		}
+		var got int
+		var rerr error
+		cerr := ps.rc.Control(func(fd uintptr) {
+			got, rerr = unix.Read(int(fd), ps.big)
+		})
+		if cerr != nil || rerr != nil || got != n {
+			return nil, true, losing, true
+		}
+		return ps.big[:got], false, losing, true
+	case snap < n || off < frameHdr || off+snap > len(f):
+		return nil, true, losing, true
+	}
+	return f[off : off+snap], false, losing, true
+}
+
+// release hands the current frame back to the kernel and moves on.
+func (ps *packetSocket) release() {
+	atomic.StoreUint32(ps.status(ps.next), unix.TP_STATUS_KERNEL)
+	ps.next++
+	if ps.next == ps.frames {
+		ps.next = 0
+	}
+}
+
+// wait blocks in the runtime poller until a frame is ready or the read
+// deadline passes.
+func (ps *packetSocket) wait() error {
+	return ps.rc.Read(func(uintptr) bool { return ps.ready() })
+}
+
+// attachFilter sets the socket's classic BPF filter, replacing any other.
+func attachFilter(fd int, prog []unix.SockFilter) error {
+	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}
+	if err := unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &fprog); err != nil {
+		return os.NewSyscallError("setsockopt SO_ATTACH_FILTER", err)
+	}
+	return nil
+}
+
+// joinFanout adds a bound socket to the PACKET_FANOUT group id or, with id
+// 0, to a new group whose id the kernel picks. It returns the id.
+func joinFanout(fd, id int) (int, error) {
+	flags := unix.PACKET_FANOUT_HASH
+	if id == 0 {
+		flags |= unix.PACKET_FANOUT_FLAG_UNIQUEID
+	}
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, id|flags<<16); err != nil {
+		return 0, os.NewSyscallError("setsockopt PACKET_FANOUT", err)
+	}
+	v, err := unix.GetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT)
+	if err != nil {
+		return 0, os.NewSyscallError("getsockopt PACKET_FANOUT", err)
+	}
+	return v & 0xffff, nil
+}
+
+// kernelDrops reads and resets the kernel's count of frames it dropped
+// because the ring was full.
+func (ps *packetSocket) kernelDrops() uint64 {
+	var drops uint64
+	_ = ps.rc.Control(func(fd uintptr) {
+		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
+			drops = uint64(st.Drops)
+		}
+	})
+	return drops
+}
+
+// close releases the ring and the socket. No goroutine may use ps after.
+func (ps *packetSocket) close() {
+	if ps.ring != nil {
+		_ = unix.Munmap(ps.ring)
+		ps.ring = nil
+	}
+	if ps.file != nil {
+		ps.file.Close()
+		ps.file = nil
+	}
+}

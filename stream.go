@@ -1,0 +1,451 @@
+// Package udpstream receives the UDP datagrams addressed to one port, over
+// IPv4 and IPv6 at once, together with their IP headers (TTL or hop limit,
+// TOS or traffic class, ECN, IPv4 ID and flags, IPv6 flow label, options
+// and extension headers), and hands them to the program as a typed
+// channel:
+//
+//	pkts, err := udpstream.Listen(ctx, 53, udpstream.Payload)
+//	if err != nil {
+//		return err
+//	}
+//	for p := range pkts {
+//		fmt.Println(p.Header.Src, p.Header.TTL, len(p.Value))
+//	}
+//
+// On Linux it receives through AF_PACKET sockets with a kernel filter that
+// passes only UDP for the port (and IP fragments, which it reassembles),
+// through a memory-mapped ring. A UDP socket bound to the port reserves it,
+// so the kernel does not answer ICMP port unreachable, and carries replies
+// (Packet.Reply). It needs CAP_NET_RAW. On other systems Listen returns an
+// error wrapping errors.ErrUnsupported.
+//
+// What reaches the channel is what the kernel would hand a UDP socket bound
+// to the unspecified address: well-formed datagrams to the port whose
+// destination is an address of this host, with a valid checksum (or one the
+// kernel vouched for). Everything else is dropped and counted by reason in
+// Stats.
+package udpstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime/debug"
+	"sync/atomic"
+	"time"
+)
+
+// Listen receives the UDP datagrams addressed to port, decodes each with
+// dec and sends it on the returned channel. Port 0 picks a free port (use
+// Open to learn which). The channel is closed when ctx is done, or after a
+// final Packet whose Err says why the stream failed. Setup errors (missing
+// CAP_NET_RAW, port in use, bad options) are returned here.
+func Listen[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Option) (<-chan Packet[T], error) {
+	s, err := Open(ctx, port, dec, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return s.Packets(), nil
+}
+
+// Stream is a running receiver, for what a bare channel cannot say: the
+// port bound, counters, why it ended, and Close.
+type Stream[T any] struct {
+	ch     chan Packet[T]
+	port   uint16
+	cancel context.CancelFunc
+	done   chan struct{} // closed after ch is closed and resources released
+	err    error         // why it ended; valid once ended is set
+	ended  atomic.Bool   // set before ch is closed
+
+	sys      *system
+	tx       *sender // nil in monitor mode
+	reasm    *reassembler
+	handlers []*handler[T]
+}
+
+// Open is Listen with a handle. The stream runs until ctx is done, Close is
+// called, or it fails; the channel is then closed once, after every
+// goroutine of the stream has returned. Open fails with an error wrapping
+// os.ErrPermission when the process lacks CAP_NET_RAW.
+func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Option) (*Stream[T], error) {
+	if dec == nil {
+		return nil, optionErr("nil decoder")
+	}
+	cfg := defaultConfig()
+	for _, o := range opts {
+		if o.apply == nil {
+			return nil, optionErr("zero Option")
+		}
+		if err := o.apply(&cfg); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.monitor && port == 0 {
+		return nil, optionErr("monitor mode needs a port: there is nothing to pick a free one from")
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+
+	sys, err := openSystem(&cfg, port)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(ctx)
+	s := &Stream[T]{
+		ch:     make(chan Packet[T], cfg.chanCap),
+		port:   sys.port,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		sys:    sys,
+	}
+	if sys.reserve != nil {
+		s.tx = &sender{conn: sys.reserve, def: cfg.send}
+	}
+	s.reasm = newReassembler(reassemblyConfig{
+		timeout:      cfg.reasmTimeout,
+		maxBytes:     cfg.reasmMemory,
+		maxFragments: cfg.reasmFragments,
+		maxPerSource: cfg.reasmPerSource,
+	})
+	for _, src := range sys.sources {
+		s.handlers = append(s.handlers, &handler[T]{
+			out:   s.ch,
+			dec:   dec,
+			fam:   src.family(),
+			port:  sys.port,
+			cfg:   &cfg,
+			local: sys.local,
+			reasm: s.reasm,
+			tx:    s.tx,
+		})
+	}
+	go s.run(sctx)
+	return s, nil
+}
+
+// run supervises the receive goroutines and closes the channel, exactly
+// once, after all of them have returned. The kernel resources are released
+// after that (closing a packet socket waits for an RCU grace period, which
+// a consumer waiting for the channel to close need not wait for); Close
+// and Done wait for the release too.
+func (s *Stream[T]) run(ctx context.Context) {
+	err := s.sys.run(ctx, func(i int) func(context.Context) error {
+		h := s.handlers[i]
+		return func(gctx context.Context) error {
+			return receive(gctx, s.sys.sources[i], h)
+		}
+	})
+	if err != nil && ctx.Err() == nil {
+		// Like a watch channel: the last item says why it ended. Give up
+		// on it only if the caller is gone.
+		select {
+		case s.ch <- Packet[T]{Err: err}:
+		case <-ctx.Done():
+		}
+	}
+	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	s.err = err
+	s.ended.Store(true)
+	s.cancel()
+	close(s.ch)
+	s.sys.close()
+	close(s.done)
+}
+
+// Packets returns the stream's channel. It is closed when the stream ends,
+// once every receive goroutine has returned.
+func (s *Stream[T]) Packets() <-chan Packet[T] { return s.ch }
+
+// Port returns the port the stream listens on: the one chosen by the
+// kernel when Open was given port 0.
+func (s *Stream[T]) Port() uint16 { return s.port }
+
+// Err returns why the stream ended: nil while it runs and after it was
+// ended by its context or by Close. It is valid as soon as the channel is
+// closed.
+func (s *Stream[T]) Err() error {
+	if s.ended.Load() {
+		return s.err
+	}
+	return nil
+}
+
+// Close ends the stream, as cancelling its context does, and waits until
+// its channel is closed and its sockets and ring memory are released. Packets already in the
+// channel stay readable. Close is idempotent and safe to call from any
+// goroutine; it returns nil.
+func (s *Stream[T]) Close() error {
+	s.cancel()
+	<-s.done
+	return nil
+}
+
+// Done returns a channel that is closed when the stream has ended and
+// released its resources.
+func (s *Stream[T]) Done() <-chan struct{} { return s.done }
+
+// Stats returns the stream's counters. It is safe to call at any time,
+// during and after the stream.
+func (s *Stream[T]) Stats() Stats {
+	s.sys.pollKernelDrops()
+	var st Stats
+	for _, h := range s.handlers {
+		h.counts.addTo(&st)
+	}
+	st.KernelDrops += s.sys.kernelDrops.Load()
+	// Datagrams time out as later fragments arrive; a quiet stream learns
+	// of them here.
+	s.reasm.expire(time.Now())
+	s.reasm.countDrops(&st)
+	return st
+}
+
+// Stats counts what a stream has seen. Every datagram that passed the
+// kernel filter is counted exactly once: delivered, reported as a decoder
+// error, or dropped for one reason. Traffic the kernel filter rejects
+// (other protocols and, without WithPortErrors, other ports) never reaches
+// the stream and is not counted.
+type Stats struct {
+	// Delivered counts datagrams sent on the channel with a nil Err,
+	// including those still in its buffer.
+	Delivered uint64 `json:"delivered"`
+	// DecodeErrors counts datagrams sent on the channel with the error
+	// their decoder returned (or its recovered panic).
+	DecodeErrors uint64 `json:"decode_errors"`
+
+	// The drop reasons. With WithPortErrors, OtherPort datagrams reach the
+	// channel as errors; they are still counted here, not as delivered.
+	OtherPort       uint64 `json:"other_port"`
+	NotIP           uint64 `json:"not_ip"`
+	NotUDP          uint64 `json:"not_udp"`
+	Malformed       uint64 `json:"malformed"`
+	BadIPChecksum   uint64 `json:"bad_ip_checksum"`
+	BadUDPChecksum  uint64 `json:"bad_udp_checksum"`
+	ZeroUDPChecksum uint64 `json:"zero_udp_checksum"`
+	Unsupported     uint64 `json:"unsupported"`
+	NotLocal        uint64 `json:"not_local"`
+	OtherHost       uint64 `json:"other_host"`
+	Outgoing        uint64 `json:"outgoing"`
+	TooLong         uint64 `json:"too_long"`
+	FragOverlap     uint64 `json:"frag_overlap"`
+	FragTimeout     uint64 `json:"frag_timeout"`
+	FragEvicted     uint64 `json:"frag_evicted"`
+	// KernelDrops counts frames the kernel dropped because the receive
+	// ring was full (PACKET_STATISTICS).
+	KernelDrops uint64 `json:"kernel_drops"`
+}
+
+// Dropped returns the sum of every drop reason.
+func (s Stats) Dropped() uint64 {
+	return s.OtherPort + s.NotIP + s.NotUDP + s.Malformed + s.BadIPChecksum +
+		s.BadUDPChecksum + s.ZeroUDPChecksum + s.Unsupported + s.NotLocal +
+		s.OtherHost + s.Outgoing + s.TooLong + s.FragOverlap + s.FragTimeout +
+		s.FragEvicted + s.KernelDrops
+}
+
+// field returns the Stats counter a drop verdict adds to.
+func (s *Stats) field(v verdict) *uint64 {
+	switch v {
+	case dropOtherPort:
+		return &s.OtherPort
+	case dropNotIP:
+		return &s.NotIP
+	case dropNotUDP:
+		return &s.NotUDP
+	case dropMalformedIPHeader, dropMalformedIPLength, dropMalformedExtHeader,
+		dropMalformedFragment, dropMalformedUDPHeader, dropMalformedUDPLength:
+		return &s.Malformed
+	case dropBadIPChecksum:
+		return &s.BadIPChecksum
+	case dropBadUDPChecksum:
+		return &s.BadUDPChecksum
+	case dropZeroChecksum6:
+		return &s.ZeroUDPChecksum
+	case dropUnsupported:
+		return &s.Unsupported
+	case dropNotLocal:
+		return &s.NotLocal
+	case dropOtherHost:
+		return &s.OtherHost
+	case dropOutgoing:
+		return &s.Outgoing
+	case dropTooLong:
+		return &s.TooLong
+	case dropFragOverlap:
+		return &s.FragOverlap
+	case dropFragTimeout:
+		return &s.FragTimeout
+	case dropFragEvicted:
+		return &s.FragEvicted
+	case dropKernel:
+		return &s.KernelDrops
+	}
+	return nil
+}
+
+// counters are one receive goroutine's counts. Each goroutine has its own
+// so that two busy families do not share a cache line.
+type counters struct {
+	delivered    atomic.Uint64
+	decodeErrors atomic.Uint64
+	drops        [numVerdicts]atomic.Uint64
+	_            [64]byte
+}
+
+func (c *counters) addTo(s *Stats) {
+	s.Delivered += c.delivered.Load()
+	s.DecodeErrors += c.decodeErrors.Load()
+	for v := range numVerdicts {
+		if n := c.drops[v].Load(); n != 0 {
+			if f := s.field(v); f != nil {
+				*f += n
+			}
+		}
+	}
+}
+
+// frameMeta is what the kernel says about a frame besides its bytes.
+type frameMeta struct {
+	ifIndex int
+	pktType uint8
+	vouched bool // checksum validated by the kernel, or not yet computed
+	sec     uint32
+	nsec    uint32
+}
+
+// Link-layer packet types (linux/if_packet.h), used by the portable
+// handler to judge frames.
+const (
+	pktHost      = 0
+	pktBroadcast = 1
+	pktMulticast = 2
+	pktOtherHost = 3
+	pktOutgoing  = 4
+)
+
+// handler turns the frames of one receive goroutine into Packets.
+type handler[T any] struct {
+	out   chan<- Packet[T]
+	dec   Decoder[T]
+	fam   uint8
+	port  uint16
+	cfg   *config
+	local *localAddrs
+	reasm *reassembler
+	tx    *sender
+
+	p      parsed
+	d      Datagram
+	counts counters
+}
+
+// handle processes one frame. It blocks while the channel is full and
+// returns an error only when ctx is done.
+func (h *handler[T]) handle(ctx context.Context, frame []byte, m *frameMeta) error {
+	switch m.pktType {
+	case pktOutgoing:
+		h.counts.drops[dropOutgoing].Add(1)
+		return nil
+	case pktOtherHost:
+		if !h.cfg.anyDestination {
+			h.counts.drops[dropOtherHost].Add(1)
+			return nil
+		}
+	}
+	var flags classifyFlags
+	if m.vouched {
+		flags |= flagChecksumVouched
+	}
+	v := classify(frame, h.fam, h.port, flags, &h.p)
+	if v != fragment {
+		return h.finish(ctx, v, m, 1)
+	}
+	whole, n, v := h.reasm.add(h.p.Version, h.p.Src.Addr(), h.p.Dst.Addr(), &h.p.frag, time.Unix(int64(m.sec), int64(m.nsec)))
+	if whole == nil {
+		if v != fragment {
+			h.counts.drops[v].Add(1)
+		}
+		return nil
+	}
+	defer h.reasm.release(whole)
+	v = classify(whole, h.fam, h.port, 0, &h.p)
+	if v == fragment {
+		v = dropMalformedFragment // a reassembled datagram is whole
+	}
+	if v == deliver || v == dropOtherPort {
+		h.p.Fragments = n
+		h.p.MF = h.p.Version == 4
+	}
+	return h.finish(ctx, v, m, n)
+}
+
+// finish delivers, surfaces or counts a classified datagram.
+func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags int) error {
+	switch v {
+	case deliver:
+	case dropOtherPort:
+		if !h.cfg.portErrors {
+			h.counts.drops[v].Add(1)
+			return nil
+		}
+	default:
+		h.counts.drops[v].Add(1)
+		return nil
+	}
+	if !h.cfg.anyDestination && !h.local.contains(h.p.Dst.Addr()) {
+		h.counts.drops[dropNotLocal].Add(1)
+		return nil
+	}
+
+	hdr := h.p.Header
+	hdr.IfIndex = m.ifIndex
+	hdr.Time = time.Unix(int64(m.sec), int64(m.nsec))
+	if hdr.Options != nil {
+		hdr.Options = append([]byte(nil), hdr.Options...)
+	}
+	if h.p.extN > 0 {
+		hdr.ExtHeaders = append([]uint8(nil), h.p.ext[:h.p.extN]...)
+	}
+
+	h.d = Datagram{hdr: hdr, ip: h.p.ip, udp: h.p.udp}
+	val, err := decode(h.dec, &h.d)
+	h.d = Datagram{}
+	if v == dropOtherPort {
+		// Decoded all the same, so the caller can see what was sent;
+		// the port is the error that matters.
+		err = ErrNotDestPort
+	}
+	pkt := Packet[T]{Value: val, Header: hdr, Err: err, tx: h.tx}
+	// Counted before the send, so that a consumer holding the packet
+	// finds it in Stats; taken back if the stream ends first.
+	c := &h.counts.delivered
+	switch {
+	case v == dropOtherPort:
+		c = &h.counts.drops[v]
+	case pkt.Err != nil:
+		c = &h.counts.decodeErrors
+	}
+	c.Add(1)
+	select {
+	case h.out <- pkt:
+		return nil
+	case <-ctx.Done():
+		c.Add(^uint64(0))
+		return ctx.Err()
+	}
+}
+
+// decode runs a user's decoder, turning a panic into an error so that one
+// bad datagram cannot take the program down.
+func decode[T any](dec Decoder[T], d *Datagram) (v T, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("%w: %v\n%s", ErrDecoderPanic, r, debug.Stack())
+		}
+	}()
+	return dec(d)
+}

@@ -1,0 +1,706 @@
+package udpstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// recvOne waits for the next packet, failing the test after d.
+func recvOne[T any](t *testing.T, ch <-chan Packet[T], d time.Duration) Packet[T] {
+	t.Helper()
+	select {
+	case p, ok := <-ch:
+		if !ok {
+			t.Fatalf("channel closed while waiting for a packet")
+		}
+		return p
+	case <-time.After(d):
+		t.Fatalf("no packet within %v", d)
+	}
+	panic("unreachable")
+}
+
+// expectNone fails if a packet arrives within d.
+func expectNone[T any](t *testing.T, ch <-chan Packet[T], d time.Duration) {
+	t.Helper()
+	select {
+	case p, ok := <-ch:
+		if ok {
+			t.Fatalf("unexpected packet: %+v", p.Header)
+		}
+	case <-time.After(d):
+	}
+}
+
+func openT[T any](t *testing.T, port uint16, dec Decoder[T], opts ...Option) *Stream[T] {
+	t.Helper()
+	s, err := Open(context.Background(), port, dec, opts...)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+func TestDualStackHeaders(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload)
+	port := s.Port()
+	if port == 0 {
+		t.Fatal("port 0 was not replaced by the bound port")
+	}
+	c4 := udpSender(t, "udp4", 17, 0x2e<<2|1) // DSCP 46 (EF), ECT(1)
+	c6 := udpSender(t, "udp6", 33, 0x0a<<2|2) // DSCP 10, ECT(0)
+	sendTo(t, c4, "127.0.0.1", port, []byte("over ipv4"))
+	sendTo(t, c6, "::1", port, []byte("over ipv6, a little longer"))
+
+	got := map[uint8]Packet[[]byte]{}
+	for len(got) < 2 {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Err != nil {
+			t.Fatalf("packet error: %v", p.Err)
+		}
+		got[p.Header.Version] = p
+	}
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p4, p6 := got[4], got[6]
+	if string(p4.Value) != "over ipv4" || p4.Header.TTL != 17 || p4.Header.DSCP() != 0x2e || p4.Header.ECN() != ECT1 {
+		t.Errorf("ipv4: value %q ttl %d dscp %d ecn %v", p4.Value, p4.Header.TTL, p4.Header.DSCP(), p4.Header.ECN())
+	}
+	if string(p6.Value) != "over ipv6, a little longer" || p6.Header.TTL != 33 || p6.Header.DSCP() != 0x0a || p6.Header.ECN() != ECT0 {
+		t.Errorf("ipv6: value %q hop %d dscp %d ecn %v", p6.Value, p6.Header.TTL, p6.Header.DSCP(), p6.Header.ECN())
+	}
+	if want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(c4.LocalAddr().(*net.UDPAddr).Port)); p4.Header.Src != want {
+		t.Errorf("ipv4 source %v, want %v", p4.Header.Src, want)
+	}
+	if p4.Header.Dst != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port) {
+		t.Errorf("ipv4 destination %v", p4.Header.Dst)
+	}
+	if p6.Header.Src.Addr() != netip.IPv6Loopback() || p6.Header.Dst.Port() != port {
+		t.Errorf("ipv6 source %v destination %v", p6.Header.Src, p6.Header.Dst)
+	}
+	for _, p := range got {
+		if p.Header.IfIndex != lo.Index {
+			t.Errorf("ipv%d ifindex %d, want %d", p.Header.Version, p.Header.IfIndex, lo.Index)
+		}
+		if d := time.Since(p.Header.Time); d < 0 || d > 5*time.Second {
+			t.Errorf("ipv%d kernel time %v is %v from now", p.Header.Version, p.Header.Time, d)
+		}
+		if p.Header.Fragments != 1 || int(p.Header.UDPLength) != 8+len(p.Value) {
+			t.Errorf("ipv%d fragments %d udp length %d", p.Header.Version, p.Header.Fragments, p.Header.UDPLength)
+		}
+	}
+	st := s.Stats()
+	if st.Delivered != 2 || st.Dropped() != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestFiltering sends UDP to another port and TCP to the listened port:
+// neither reaches the channel; with WithPortErrors, the UDP does as
+// ErrNotDestPort.
+func TestFiltering(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	plain := openT(t, 0, Payload)
+	port := plain.Port()
+
+	other, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	otherPort := uint16(other.LocalAddr().(*net.UDPAddr).Port)
+
+	// TCP to the same port number: a listener completes the handshake and
+	// carries data, all of which the UDP stream must ignore.
+	tl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tl.Close()
+	go func() {
+		c, err := tl.Accept()
+		if err == nil {
+			buf := make([]byte, 100)
+			c.Read(buf)
+			c.Close()
+		}
+	}()
+	tc, err := net.Dial("tcp", tl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	tc.Write([]byte("tcp payload to the same port"))
+	tc.Close()
+
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", otherPort, []byte("to another port"))
+	sendTo(t, c, "127.0.0.1", port, []byte("to the port"))
+
+	p := recvOne(t, plain.Packets(), 2*time.Second)
+	if p.Err != nil || string(p.Value) != "to the port" {
+		t.Fatalf("got %q err %v, want the datagram to the port", p.Value, p.Err)
+	}
+	expectNone(t, plain.Packets(), 200*time.Millisecond)
+	if st := plain.Stats(); st.Delivered != 1 || st.NotUDP != 0 || st.OtherPort != 0 {
+		t.Errorf("plain stream stats: %+v (the kernel filter should have kept TCP and other ports out)", st)
+	}
+}
+
+// TestPortErrors checks that WithPortErrors surfaces datagrams to other
+// ports with their header, and does not count them as delivered.
+func TestPortErrors(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithPortErrors())
+	c := udpSender(t, "udp4", 64, 0)
+	c6 := udpSender(t, "udp6", 64, 0)
+	sendTo(t, c, "127.0.0.1", s.Port()+1, []byte("elsewhere"))
+	sendTo(t, c6, "::1", s.Port()+1, []byte("elsewhere6"))
+	sendTo(t, c, "127.0.0.1", s.Port(), []byte("here"))
+
+	var errs, ok int
+	for errs+ok < 3 {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		switch {
+		case errors.Is(p.Err, ErrNotDestPort):
+			errs++
+			if p.Header.Dst.Port() != s.Port()+1 || !p.Header.Src.IsValid() {
+				t.Errorf("port error header: %+v", p.Header)
+			}
+		case p.Err == nil && string(p.Value) == "here":
+			ok++
+		default:
+			t.Fatalf("unexpected packet %q err %v", p.Value, p.Err)
+		}
+	}
+	if errs != 2 || ok != 1 {
+		t.Fatalf("%d port errors and %d datagrams, want 2 and 1", errs, ok)
+	}
+	if st := s.Stats(); st.Delivered != 1 || st.OtherPort != 2 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestNoPortUnreachable checks that the reservation socket stops ICMP port
+// unreachable while the stream runs, and that it comes back after Close.
+func TestNoPortUnreachable(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, HeaderOnly)
+	port := s.Port()
+	probe := func() error {
+		// A connected UDP socket learns of ICMP port unreachable as
+		// ECONNREFUSED on its next call.
+		c, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		for range 3 {
+			if _, err := c.Write([]byte("x")); err != nil {
+				return err
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		_, err = c.Read(make([]byte, 10))
+		return err
+	}
+	if err := probe(); errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("port unreachable while listening: %v", err)
+	}
+	for range 3 {
+		recvOne(t, s.Packets(), time.Second)
+	}
+	s.Close()
+	if err := probe(); !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("after Close, want ECONNREFUSED (proving the probe works), got %v", err)
+	}
+}
+
+// TestPortInUse checks the error for a taken port, and that monitor mode
+// observes a port another socket owns.
+func TestPortInUse(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	owner, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	port := uint16(owner.LocalAddr().(*net.UDPAddr).Port)
+	if _, err := Open(context.Background(), port, Payload); err == nil || !errors.Is(err, syscall.EADDRINUSE) || !strings.Contains(err.Error(), "WithMonitor") {
+		t.Fatalf("Open on a used port: %v", err)
+	}
+	s := openT(t, port, Payload, WithMonitor())
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", port, []byte("observed"))
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if string(p.Value) != "observed" {
+		t.Fatalf("monitor got %q", p.Value)
+	}
+	buf := make([]byte, 100)
+	owner.SetReadDeadline(time.Now().Add(time.Second))
+	if n, _, err := owner.ReadFrom(buf); err != nil || string(buf[:n]) != "observed" {
+		t.Fatalf("owner read %q %v: monitoring must not take datagrams from the owner", buf[:n], err)
+	}
+}
+
+// TestInterfaceBinding injects the same datagram on two veth links; a
+// stream bound to one sees only that one's.
+func TestInterfaceBinding(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	peerA, macA, ifA := vethPair(t, "va0", "va1")
+	peerB, macB, ifB := vethPair(t, "vb0", "vb1")
+	ip(t, "addr", "add", "192.0.2.10/24", "dev", "va0")
+	ip(t, "addr", "add", "198.51.100.10/24", "dev", "vb0")
+
+	s := openT(t, 0, Payload, WithInterface("va0"))
+	all := openT(t, s.Port(), Payload, WithMonitor())
+	idx := openT(t, s.Port(), Payload, WithMonitor(), WithInterfaceIndex(ifB.Index))
+
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("192.0.2.99").As4(), netip.MustParseAddr("192.0.2.10").As4()
+	newInjector(t, peerA, macA).send(t, h.udp(4000, s.Port(), []byte("via a")))
+	h.src, h.dst = netip.MustParseAddr("198.51.100.99").As4(), netip.MustParseAddr("198.51.100.10").As4()
+	newInjector(t, peerB, macB).send(t, h.udp(4000, s.Port(), []byte("via b")))
+
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if string(p.Value) != "via a" || p.Header.IfIndex != ifA.Index {
+		t.Fatalf("bound stream got %q on ifindex %d", p.Value, p.Header.IfIndex)
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	p = recvOne(t, idx.Packets(), 2*time.Second)
+	if string(p.Value) != "via b" || p.Header.IfIndex != ifB.Index {
+		t.Fatalf("index-bound stream got %q on ifindex %d", p.Value, p.Header.IfIndex)
+	}
+	expectNone(t, idx.Packets(), 100*time.Millisecond)
+	seen := map[string]bool{}
+	for range 2 {
+		seen[string(recvOne(t, all.Packets(), 2*time.Second).Value)] = true
+	}
+	if !seen["via a"] || !seen["via b"] {
+		t.Fatalf("unbound stream saw %v", seen)
+	}
+	if _, err := Open(context.Background(), 0, Payload, WithInterface("nosuch0")); err == nil || !strings.Contains(err.Error(), "nosuch0") {
+		t.Fatalf("unknown interface: %v", err)
+	}
+}
+
+// TestDestinationNotLocal injects datagrams to an address this host does
+// not have, to a multicast group and to a local broadcast address.
+func TestDestinationNotLocal(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
+	s := openT(t, 0, Payload)
+	anyDst := openT(t, s.Port(), Payload, WithMonitor(), WithAnyDestination())
+
+	send4 := func(dst string, payload string) {
+		h := v4()
+		h.src, h.dst = netip.MustParseAddr("192.0.2.99").As4(), netip.MustParseAddr(dst).As4()
+		in.send(t, h.udp(4000, s.Port(), []byte(payload)))
+	}
+	send4("192.0.2.77", "not local")
+	send4("239.1.2.3", "multicast")
+	send4("192.0.2.255", "subnet broadcast")
+	send4("192.0.2.10", "local")
+	h6 := v6()
+	h6.src, h6.dst = netip.MustParseAddr("2001:db8::99").As16(), netip.MustParseAddr("2001:db8::77").As16()
+	in.send(t, h6.udp(4000, s.Port(), []byte("not local 6")))
+	h6.dst = netip.MustParseAddr("2001:db8::10").As16()
+	in.send(t, h6.udp(4000, s.Port(), []byte("local 6")))
+
+	var got []string
+	for range 3 {
+		got = append(got, string(recvOne(t, s.Packets(), 2*time.Second).Value))
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	want := map[string]bool{"subnet broadcast": true, "local": true, "local 6": true}
+	for _, g := range got {
+		if !want[g] {
+			t.Errorf("delivered %q", g)
+		}
+	}
+	if st := s.Stats(); st.NotLocal != 3 || st.Delivered != 3 {
+		t.Errorf("stats %+v, want 3 not local and 3 delivered", st)
+	}
+	n := 0
+	for range 6 {
+		recvOne(t, anyDst.Packets(), 2*time.Second)
+		n++
+	}
+	if n != 6 {
+		t.Fatalf("any-destination stream got %d of 6", n)
+	}
+}
+
+// TestAddressAdded checks that an address added while the stream runs is
+// local at once.
+func TestAddressAdded(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t)
+	s := openT(t, 0, Payload)
+	ip(t, "addr", "add", "203.0.113.5/24", "dev", "in0")
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("203.0.113.9").As4(), netip.MustParseAddr("203.0.113.5").As4()
+	in.send(t, h.udp(4000, s.Port(), []byte("new address")))
+	if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "new address" {
+		t.Fatalf("got %q", p.Value)
+	}
+	ip(t, "addr", "del", "203.0.113.5/24", "dev", "in0")
+	time.Sleep(50 * time.Millisecond)
+	in.send(t, h.udp(4000, s.Port(), []byte("removed address")))
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	if st := s.Stats(); st.NotLocal != 1 {
+		t.Fatalf("stats %+v, want the datagram to the removed address counted as not local", st)
+	}
+}
+
+// TestInjectedDrops checks that packets the kernel filter passes but the
+// parser rejects are counted by reason, and that a TCP segment hand-built
+// to the port does not reach the channel.
+func TestInjectedDrops(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
+	s := openT(t, 0, Payload)
+	// The IPv6 socket also sees the peer's multicast listener reports,
+	// which are not UDP: judge TCP on a stream of IPv4 only.
+	s4 := openT(t, s.Port(), Payload, WithMonitor(), WithNetwork("udp4"))
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("192.0.2.99").As4(), netip.MustParseAddr("192.0.2.10").As4()
+	good := h.udp(4000, s.Port(), []byte("good"))
+
+	badSum := bytes.Clone(good)
+	badSum[len(badSum)-1] ^= 0xff
+	in.send(t, badSum)
+	tcp := h
+	tcp.proto = 6
+	seg := make([]byte, 20)
+	seg[2], seg[3] = byte(s.Port()>>8), byte(s.Port())
+	in.send(t, tcp.packet(seg))
+	h6 := v6(destOpts())
+	h6.src, h6.dst = netip.MustParseAddr("2001:db8::99").As16(), netip.MustParseAddr("2001:db8::10").As16()
+	in.send(t, h6.udp(4000, s.Port()+1, []byte("other port behind an extension header")))
+	in.send(t, h6.udp(4000, s.Port(), []byte("dest opts")))
+	in.send(t, good)
+
+	seen := map[string]bool{}
+	for range 2 {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		seen[string(p.Value)] = true
+		if string(p.Value) == "dest opts" && (len(p.Header.ExtHeaders) != 1 || p.Header.ExtHeaders[0] != nhDestOptions) {
+			t.Errorf("extension headers %v", p.Header.ExtHeaders)
+		}
+	}
+	if !seen["good"] || !seen["dest opts"] {
+		t.Fatalf("delivered %v", seen)
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	st := s.Stats()
+	if st.BadUDPChecksum != 1 || st.OtherPort != 1 || st.Delivered != 2 {
+		t.Fatalf("stats %+v", st)
+	}
+	recvOne(t, s4.Packets(), time.Second) // "good"
+	if st := s4.Stats(); st.NotUDP != 0 || st.BadUDPChecksum != 1 || st.Delivered != 1 {
+		t.Fatalf("ipv4 stream stats %+v: the kernel filter should have kept TCP out", st)
+	}
+}
+
+// TestSlowConsumer fills the ring while nobody reads, then checks that
+// every datagram sent was delivered or counted as a kernel drop.
+func TestSlowConsumer(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, HeaderOnly, WithBufferSize(minBufferSize), WithChannelCapacity(0), WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	const sent = 5000
+	payload := make([]byte, 200)
+	for range sent {
+		sendTo(t, c, "127.0.0.1", s.Port(), payload)
+	}
+	delivered := 0
+	for {
+		select {
+		case <-s.Packets():
+			delivered++
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	st := s.Stats()
+	if uint64(delivered) != st.Delivered {
+		t.Errorf("received %d, Stats.Delivered %d", delivered, st.Delivered)
+	}
+	if st.Delivered+st.Dropped() != sent {
+		t.Fatalf("delivered %d + dropped %d != sent %d (%+v)", st.Delivered, st.Dropped(), sent, st)
+	}
+	if st.KernelDrops == 0 {
+		t.Fatalf("a %d-byte ring with no reader should have overflowed: %+v", minBufferSize, st)
+	}
+	t.Logf("sent %d delivered %d kernel drops %d", sent, st.Delivered, st.KernelDrops)
+}
+
+// TestCancel checks that cancelling closes the channel promptly and that
+// nothing outlives the stream, over many cycles.
+func TestCancel(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	cycles := 200
+	if testing.Short() {
+		cycles = 20
+	}
+	var worst time.Duration
+	for i := range cycles {
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := Open(ctx, 0, Payload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i%2 == 0 {
+			c := udpSender(t, "udp4", 64, 0)
+			sendTo(t, c, "127.0.0.1", s.Port(), []byte("x"))
+			c.Close()
+		}
+		start := time.Now()
+		if i%3 == 0 {
+			s.Close()
+		} else {
+			cancel()
+		}
+		for range s.Packets() {
+		}
+		if d := time.Since(start); d > worst {
+			worst = d
+		}
+		if err := s.Err(); err != nil {
+			t.Fatalf("Err after cancel: %v", err)
+		}
+		s.Close()
+		cancel()
+	}
+	if worst > 100*time.Millisecond {
+		t.Fatalf("slowest close took %v, want under 100ms", worst)
+	}
+	t.Logf("%d cycles, slowest close %v", cycles, worst)
+}
+
+// TestDecoderErrorAndPanic checks that decoder errors and panics reach the
+// channel with the header, and that the stream goes on.
+func TestDecoderErrorAndPanic(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	errOdd := errors.New("odd")
+	dec := func(d *Datagram) (string, error) {
+		switch string(d.Payload()) {
+		case "panic":
+			b := d.Payload()
+			_ = b[len(b)] // a real runtime panic: index out of range
+		case "error":
+			return "partial", errOdd
+		}
+		return string(d.Payload()), nil
+	}
+	s := openT(t, 0, dec)
+	c := udpSender(t, "udp4", 64, 0)
+	for _, m := range []string{"panic", "error", "fine"} {
+		sendTo(t, c, "127.0.0.1", s.Port(), []byte(m))
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		switch m {
+		case "panic":
+			if !errors.Is(p.Err, ErrDecoderPanic) || !strings.Contains(p.Err.Error(), "index out of range") || p.Header.Dst.Port() != s.Port() {
+				t.Fatalf("panic: %v %+v", p.Err, p.Header)
+			}
+		case "error":
+			if !errors.Is(p.Err, errOdd) || p.Value != "partial" || p.Header.TTL != 64 {
+				t.Fatalf("error: %v %q", p.Err, p.Value)
+			}
+		case "fine":
+			if p.Err != nil || p.Value != "fine" {
+				t.Fatalf("after errors: %v %q", p.Err, p.Value)
+			}
+		}
+	}
+	if st := s.Stats(); st.DecodeErrors != 2 || st.Delivered != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestNoCapNetRaw runs Open in a user namespace that owns no network
+// namespace, where CAP_NET_RAW over the host's network is missing.
+func TestNoCapNetRaw(t *testing.T) {
+	const env = "UDPSTREAM_NOCAP_TEST"
+	if os.Getenv(env) == "" {
+		runChild(t, syscall.CLONE_NEWUSER, env+"=1")
+		return
+	}
+	_, err := Open(context.Background(), 0, Payload)
+	if !errors.Is(err, os.ErrPermission) {
+		t.Fatalf("want an error matching os.ErrPermission, got %v", err)
+	}
+	if !strings.Contains(err.Error(), "CAP_NET_RAW") || !strings.Contains(err.Error(), "setcap") {
+		t.Fatalf("error does not say how to grant CAP_NET_RAW: %v", err)
+	}
+}
+
+// TestOptionErrors checks that bad options fail Open with clear errors and
+// open nothing.
+func TestOptionErrors(t *testing.T) {
+	ctx := context.Background()
+	cases := []struct {
+		opts []Option
+		want string
+	}{
+		{[]Option{WithNetwork("tcp")}, "network"},
+		{[]Option{WithBufferSize(10)}, "buffer size"},
+		{[]Option{WithChannelCapacity(-1)}, "channel capacity"},
+		{[]Option{WithInterface("")}, "interface"},
+		{[]Option{WithInterfaceIndex(0)}, "interface index"},
+		{[]Option{WithReassembly(0, 1<<20, 4, 4)}, "timeout"},
+		{[]Option{{}}, "zero Option"},
+		{[]Option{WithMonitor()}, "monitor"}, // port 0 in monitor mode
+	}
+	for _, c := range cases {
+		_, err := Open(ctx, 0, Payload, c.opts...)
+		if err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("options %v: error %v, want one mentioning %q", c.want, err, c.want)
+		}
+	}
+	if _, err := Open[[]byte](ctx, 0, nil); err == nil {
+		t.Error("nil decoder accepted")
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	cancel()
+	if _, err := Open(cctx, 0, Payload); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled context: %v", err)
+	}
+}
+
+// TestFanout spreads many flows over a fanout group: every datagram
+// arrives once, each flow in order, and more than one socket shares the
+// work.
+var fanoutN = 4
+
+func TestFanout(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithFanout(fanoutN), WithChannelCapacity(4096))
+	if n := len(s.handlers); n != 2*fanoutN {
+		t.Fatalf("%d receive goroutines, want 4 per family", n)
+	}
+	const flows, per = 32, 50
+	var conns []*net.UDPConn
+	for i := range flows {
+		network := "udp4"
+		if i%2 == 1 {
+			network = "udp6"
+		}
+		conns = append(conns, udpSender(t, network, 64, 0))
+	}
+	for seq := range per {
+		for i, c := range conns {
+			addr := "127.0.0.1"
+			if i%2 == 1 {
+				addr = "::1"
+			}
+			sendTo(t, c, addr, s.Port(), []byte{byte(i), byte(seq)})
+		}
+	}
+	next := map[byte]byte{}
+	for range flows * per {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		flow, seq := p.Value[0], p.Value[1]
+		if seq != next[flow] {
+			t.Fatalf("flow %d: got %d, want %d", flow, seq, next[flow])
+		}
+		next[flow]++
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+	busy := 0
+	for _, h := range s.handlers {
+		if h.counts.delivered.Load() > 0 {
+			busy++
+		}
+	}
+	if busy < 3 {
+		t.Fatalf("only %d of %d sockets received: the group did not spread flows", busy, len(s.handlers))
+	}
+	if st := s.Stats(); st.Delivered != flows*per {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestLargeOnLoopback sends datagrams larger than a ring slot over the
+// loopback's 64 KiB MTU: they arrive whole, through the socket's queue.
+func TestLargeOnLoopback(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload)
+	sizes := []int{100, ringFrameSize, 9000, 65000, 200}
+	for _, network := range []string{"udp4", "udp6"} {
+		c := udpSender(t, network, 64, 0)
+		addr := "127.0.0.1"
+		if network == "udp6" {
+			addr = "::1"
+		}
+		for i, n := range sizes {
+			sendTo(t, c, addr, s.Port(), bigPayload(n, byte(i)))
+		}
+		for i, n := range sizes {
+			p := recvOne(t, s.Packets(), 2*time.Second)
+			if p.Err != nil || !bytes.Equal(p.Value, bigPayload(n, byte(i))) || p.Header.Fragments != 1 {
+				t.Fatalf("%s datagram %d: %d bytes, want %d (err %v, fragments %d)", network, i, len(p.Value), n, p.Err, p.Header.Fragments)
+			}
+		}
+	}
+	if st := s.Stats(); st.Delivered != uint64(2*len(sizes)) || st.Dropped() != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

@@ -1,0 +1,181 @@
+package udpstream
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+)
+
+// system holds a stream's kernel resources.
+type system struct {
+	port    uint16
+	sources []*packetSocket
+	reserve *net.UDPConn // nil in monitor mode
+	watcher *addrWatcher
+	local   *localAddrs
+
+	mu          sync.Mutex // guards sources against close while polling drops
+	closed      bool
+	kernelDrops atomic.Uint64
+}
+
+// openSystem reserves the port, subscribes to address changes and opens
+// one filtered packet socket per family.
+func openSystem(cfg *config, port uint16) (_ *system, err error) {
+	s := &system{port: port}
+	defer func() {
+		if err != nil {
+			s.close()
+		}
+	}()
+
+	ifIndex := cfg.ifIndex
+	ifName := cfg.ifName
+	if ifName != "" {
+		ifi, err := net.InterfaceByName(ifName)
+		if err != nil {
+			return nil, fmt.Errorf("udpstream: interface %q: %w", ifName, err)
+		}
+		ifIndex = ifi.Index
+	} else if ifIndex != 0 {
+		ifi, err := net.InterfaceByIndex(ifIndex)
+		if err != nil {
+			return nil, fmt.Errorf("udpstream: interface index %d: %w", ifIndex, err)
+		}
+		ifName = ifi.Name
+	}
+
+	// A missing CAP_NET_RAW is the error to report, ahead of anything
+	// that follows from it.
+	if err := checkPacketSockets(); err != nil {
+		return nil, err
+	}
+	if !cfg.monitor {
+		s.reserve, s.port, err = reservePort(cfg.network, port, ifName)
+		if err != nil {
+			return nil, err
+		}
+	}
+	ringBytes := max(cfg.bufferSize/cfg.fanout, minBufferSize)
+	for _, fam := range cfg.families() {
+		group := -1 // no group
+		if cfg.fanout > 1 {
+			group = 0 // a new one
+		}
+		for range cfg.fanout {
+			ps, id, err := openPacketSocket(fam, s.port, ifIndex, ringBytes, group, cfg)
+			if err != nil {
+				return nil, err
+			}
+			s.sources = append(s.sources, ps)
+			group = id
+		}
+	}
+
+	if s.watcher, err = newAddrWatcher(); err != nil {
+		return nil, err
+	}
+	s.local = s.watcher.la
+	return s, nil
+}
+
+// run starts one receive goroutine per packet socket, made by recv, and the
+// address watcher, under one errgroup, and returns when all have returned.
+// Cancellation reaches goroutines blocked in the poller as a read deadline
+// in the past: no fd is closed while a goroutine may use it.
+func (s *system) run(ctx context.Context, recv func(i int) func(context.Context) error) error {
+	g, gctx := errgroup.WithContext(ctx)
+	stop := context.AfterFunc(gctx, func() {
+		past := time.Unix(1, 0)
+		for _, ps := range s.sources {
+			_ = ps.file.SetReadDeadline(past)
+		}
+		_ = s.watcher.file.SetReadDeadline(past)
+	})
+	defer stop()
+	for i := range s.sources {
+		f := recv(i)
+		g.Go(func() error { return f(gctx) })
+	}
+	g.Go(func() error {
+		err := s.watcher.watch()
+		if gctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("udpstream: watching local addresses: %w", err)
+	})
+	return g.Wait()
+}
+
+// receive is the loop of one receive goroutine: walk the ring while frames
+// are ready, then wait in the poller.
+func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
+	var m frameMeta
+	for {
+		pkt, tooLong, losing, ok := ps.peek(&m)
+		if !ok {
+			if err := ps.wait(); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return fmt.Errorf("udpstream: waiting for packets: %w", err)
+			}
+			continue
+		}
+		if losing {
+			h.counts.drops[dropKernel].Add(ps.kernelDrops())
+		}
+		var err error
+		if tooLong {
+			h.counts.drops[dropTooLong].Add(1)
+		} else {
+			err = h.handle(ctx, pkt, &m)
+		}
+		ps.release()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+	}
+}
+
+// pollKernelDrops collects the kernel's drop counts, which it resets on
+// every read.
+func (s *system) pollKernelDrops() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	for _, ps := range s.sources {
+		s.kernelDrops.Add(ps.kernelDrops())
+	}
+}
+
+// close releases everything. It is called once all goroutines are done.
+func (s *system) close() {
+	s.mu.Lock()
+	if !s.closed {
+		for _, ps := range s.sources {
+			s.kernelDrops.Add(ps.kernelDrops())
+		}
+	}
+	s.closed = true
+	s.mu.Unlock()
+	for _, ps := range s.sources {
+		ps.close()
+	}
+	if s.watcher != nil {
+		s.watcher.close()
+	}
+	if s.reserve != nil {
+		s.reserve.Close()
+	}
+}

@@ -1,0 +1,44 @@
+//go:build !linux
+
+package udpstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"runtime"
+	"sync/atomic"
+)
+
+// system is the kernel side of a stream; there is none outside Linux.
+type system struct {
+	port        uint16
+	sources     []*packetSocket
+	local       *localAddrs
+	reserve     any
+	kernelDrops atomic.Uint64
+}
+
+type packetSocket struct{}
+
+type sender struct {
+	conn any
+	def  SendOptions
+}
+
+func (*sender) send([]byte, netip.Addr, netip.AddrPort, int, SendOptions) error {
+	return errors.ErrUnsupported
+}
+
+func (*packetSocket) family() uint8 { return 0 }
+
+func openSystem(*config, uint16) (*system, error) {
+	return nil, fmt.Errorf("udpstream: not implemented on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}
+
+func (*system) run(context.Context, func(int) func(context.Context) error) error { return nil }
+func (*system) pollKernelDrops()                                                 {}
+func (*system) close()                                                           {}
+
+func receive[T any](context.Context, *packetSocket, *handler[T]) error { return nil }
