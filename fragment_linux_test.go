@@ -1,0 +1,142 @@
+package udpstream
+
+import (
+	"bytes"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// bigPayload is a recognisable payload of n bytes.
+func bigPayload(n int, seed byte) []byte {
+	b := make([]byte, n)
+	for i := range b {
+		b[i] = byte(i*7) + seed
+	}
+	return b
+}
+
+// TestFragmentedByKernel has a peer host send datagrams larger than the
+// link MTU with an ordinary UDP socket, so that its kernel fragments them,
+// and checks they arrive once and whole, over both families.
+func TestFragmentedByKernel(t *testing.T) {
+	sizes := []int{4000, 60000}
+	if isPeer(t) {
+		ifi := peerInterface(t)
+		ip(t, "addr", "add", "192.0.2.2/24", "dev", ifi.Name)
+		ip(t, "-6", "addr", "add", "2001:db8::2/64", "dev", ifi.Name, "nodad")
+		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
+		for _, dst := range []string{"192.0.2.1", "2001:db8::1"} {
+			c, err := net.ListenPacket("udp", ":0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, n := range sizes {
+				to := netip.AddrPortFrom(netip.MustParseAddr(dst), uint16(port))
+				if _, err := c.(*net.UDPConn).WriteToUDPAddrPort(bigPayload(n, byte(i)), to); err != nil {
+					t.Fatalf("send %d bytes to %v: %v", n, to, err)
+				}
+			}
+			c.Close()
+		}
+		return
+	}
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "link", "add", "fr0", "type", "veth", "peer", "name", "fr1")
+	ip(t, "link", "set", "fr0", "up")
+	ip(t, "addr", "add", "192.0.2.1/24", "dev", "fr0")
+	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "fr0", "nodad")
+	s := openT(t, 0, Payload)
+	wait := startPeer(t, "fr1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
+	wait()
+	for range 2 * len(sizes) {
+		p := recvOne(t, s.Packets(), 5*time.Second)
+		if p.Err != nil {
+			t.Fatalf("error: %v", p.Err)
+		}
+		i := 0
+		if len(p.Value) != sizes[0] {
+			i = 1
+		}
+		if !bytes.Equal(p.Value, bigPayload(sizes[i], byte(i))) {
+			t.Fatalf("ipv%d %d-byte datagram arrived altered (got %d bytes)", p.Header.Version, sizes[i], len(p.Value))
+		}
+		// A 1500-byte link carries 1480 (IPv4) or 1448 (IPv6 with a
+		// Fragment header) bytes of the datagram per fragment.
+		per := 1480
+		if p.Header.Version == 6 {
+			per = 1448
+		}
+		if want := (sizes[i] + 8 + per - 1) / per; p.Header.Fragments != want {
+			t.Errorf("ipv%d %d bytes: %d fragments, want %d", p.Header.Version, sizes[i], p.Header.Fragments, want)
+		}
+		if p.Header.Version == 6 && (len(p.Header.ExtHeaders) != 1 || p.Header.ExtHeaders[0] != nhFragment || p.Header.ID == 0) {
+			t.Errorf("ipv6 fragmented datagram: ext %v id %d", p.Header.ExtHeaders, p.Header.ID)
+		}
+		if p.Header.Version == 4 && !p.Header.MF {
+			t.Errorf("ipv4 reassembled datagram should report its first fragment's MF")
+		}
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+	// The peer's multicast listener reports (ICMPv6 behind a Hop-by-Hop
+	// header) pass the kernel filter and are counted as not UDP.
+	if st := s.Stats(); st.Delivered != 4 || st.Dropped() != st.NotUDP {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestFragmentedInjected injects hand-built fragments across a veth link:
+// in reverse order they arrive whole; overlapping ones and ones for
+// another port are counted, not delivered.
+func TestFragmentedInjected(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.1/24", "2001:db8::1/64")
+	s := openT(t, 0, Payload)
+
+	srcs := map[uint8][2]netip.Addr{
+		4: {netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.1")},
+		6: {netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::1")},
+	}
+	for _, v := range []uint8{4, 6} {
+		a := srcs[v]
+		sent := newReasmSent(v, a[0], a[1], 77, bigPayload(3000, v))
+		sent.dport = s.Port()
+		sent.seal()
+		frags := sent.split(1000)
+		for i := len(frags) - 1; i >= 0; i-- {
+			in.send(t, frags[i])
+		}
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Err != nil || !bytes.Equal(p.Value, bigPayload(3000, v)) || p.Header.Fragments != len(frags) || p.Header.TTL != sent.ttl {
+			t.Fatalf("ipv%d reversed fragments: err %v, %d bytes, %d fragments, ttl %d", v, p.Err, len(p.Value), p.Header.Fragments, p.Header.TTL)
+		}
+
+		// Overlap: the second fragment starts 8 bytes inside the first.
+		ov := newReasmSent(v, a[0], a[1], 78, bigPayload(3000, v))
+		ov.dport = s.Port()
+		ov.seal()
+		in.send(t, ov.fragment(0, 1000, true))
+		in.send(t, ov.fragment(992, 1000, true))
+		in.send(t, ov.fragment(1992, len(ov.udp)-1992, false))
+
+		other := newReasmSent(v, a[0], a[1], 79, bigPayload(3000, v))
+		other.dport = s.Port() + 1
+		other.seal()
+		for _, f := range other.split(1000) {
+			in.send(t, f)
+		}
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	if st := s.Stats(); st.Delivered != 2 || st.FragOverlap != 2 || st.OtherPort != 2 {
+		t.Fatalf("stats %+v, want 2 delivered, 2 overlaps, 2 for another port", st)
+	}
+}
