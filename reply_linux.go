@@ -1,0 +1,94 @@
+package udpstream
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// sender sends datagrams from the port-reservation socket. Control
+// messages choose the source address (IP_PKTINFO, IPV6_PKTINFO) and set
+// TTL and TOS per datagram, so one socket serves every address and both
+// families.
+type sender struct {
+	conn *net.UDPConn
+	def  SendOptions
+}
+
+// oobPool holds control-message buffers, so a reply allocates nothing.
+var oobPool = sync.Pool{New: func() any { return new([128]byte) }}
+
+func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifIndex int, o SendOptions) error {
+	if err := o.valid(); err != nil {
+		return err
+	}
+	o = o.merged(tx.def)
+	buf := oobPool.Get().(*[128]byte)
+	defer oobPool.Put(buf)
+	oob := buf[:0]
+	src = src.Unmap()
+	if dst.Addr().Unmap().Is4() {
+		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
+		if src.Is4() {
+			var d []byte
+			oob, d = appendCmsg(oob, unix.IPPROTO_IP, unix.IP_PKTINFO, unix.SizeofInet4Pktinfo)
+			// in_pktinfo: ifindex, then the source (spec_dst), then addr.
+			a := src.As4()
+			copy(d[4:8], a[:])
+		}
+		if o.TTL != 0 {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TTL, o.TTL)
+		}
+		if o.TOS != 0 {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TOS, o.TOS)
+		}
+	} else {
+		if src.Is6() || ifIndex != 0 {
+			var d []byte
+			oob, d = appendCmsg(oob, unix.IPPROTO_IPV6, unix.IPV6_PKTINFO, unix.SizeofInet6Pktinfo)
+			// in6_pktinfo: the source address, then the interface.
+			if src.Is6() {
+				a := src.As16()
+				copy(d[:16], a[:])
+			}
+			if ifIndex != 0 && (src.IsLinkLocalUnicast() || dst.Addr().IsLinkLocalUnicast()) {
+				// A link-local address means something only on its link:
+				// leave by the interface the datagram came in on.
+				binary.NativeEndian.PutUint32(d[16:], uint32(ifIndex))
+			}
+		}
+		if o.TTL != 0 {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT, o.TTL)
+		}
+		if o.TOS != 0 {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, o.TOS)
+		}
+	}
+	_, _, err := tx.conn.WriteMsgUDPAddrPort(payload, oob, dst)
+	return err
+}
+
+// appendCmsg appends a control message header for n bytes of zeroed data
+// and returns the data.
+func appendCmsg(b []byte, level, typ, n int) ([]byte, []byte) {
+	start := len(b)
+	space := unix.CmsgSpace(n)
+	b = b[:start+space]
+	clear(b[start:])
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&b[start]))
+	h.Level = int32(level)
+	h.Type = int32(typ)
+	h.SetLen(unix.CmsgLen(n))
+	data := b[start+unix.CmsgLen(0) : start+unix.CmsgLen(n)]
+	return b, data
+}
+
+func appendCmsgInt(b []byte, level, typ, v int) []byte {
+	b, d := appendCmsg(b, level, typ, 4)
+	binary.NativeEndian.PutUint32(d, uint32(int32(v)))
+	return b
+}

@@ -1,0 +1,222 @@
+package udpstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestReplyFromDestination gives the host two addresses of each family and
+// checks that a reply to a datagram sent to the second leaves from exactly
+// that address and port.
+func TestReplyFromDestination(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	vethPair(t, "d0", "d1")
+	for _, a := range []string{"192.0.2.1/24", "192.0.2.2/24"} {
+		ip(t, "addr", "add", a, "dev", "d0")
+	}
+	for _, a := range []string{"2001:db8::1/64", "2001:db8::2/64"} {
+		ip(t, "-6", "addr", "add", a, "dev", "d0", "nodad")
+	}
+	s := openT(t, 0, Payload)
+	go func() {
+		for p := range s.Packets() {
+			if p.Err == nil {
+				p.Reply(append([]byte("re: "), p.Value...))
+			}
+		}
+	}()
+	for _, dst := range []string{"192.0.2.2", "2001:db8::2"} {
+		network := "udp4"
+		if netip.MustParseAddr(dst).Is6() {
+			network = "udp6"
+		}
+		c, err := net.ListenPacket(network, ":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		uc := c.(*net.UDPConn)
+		to := netip.AddrPortFrom(netip.MustParseAddr(dst), s.Port())
+		if _, err := uc.WriteToUDPAddrPort([]byte("hello"), to); err != nil {
+			t.Fatal(err)
+		}
+		buf := make([]byte, 100)
+		uc.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, from, err := uc.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			t.Fatalf("%s: no reply: %v", dst, err)
+		}
+		if from.Addr().Unmap() != to.Addr() || from.Port() != to.Port() || string(buf[:n]) != "re: hello" {
+			t.Fatalf("%s: reply %q from %v, want from %v", dst, buf[:n], from, to)
+		}
+	}
+}
+
+// TestReplyHeaderFields has one stream answer another with a chosen TTL
+// and TOS, per call and per stream, and reads them off the received
+// header; it also covers Stream.Send.
+func TestReplyHeaderFields(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	server := openT(t, 0, Payload, WithSendOptions(SendOptions{TTL: 9, TOS: 0x20}))
+	client := openT(t, 0, Payload)
+	for _, addr := range []string{"127.0.0.1", "::1"} {
+		dst := netip.AddrPortFrom(netip.MustParseAddr(addr), server.Port())
+		for i, perCall := range []SendOptions{{}, {TTL: 3, TOS: 0x28 | 1}} {
+			if err := client.Send([]byte("ping"), netip.Addr{}, dst, SendOptions{TTL: 200}); err != nil {
+				t.Fatalf("Send: %v", err)
+			}
+			req := recvOne(t, server.Packets(), 2*time.Second)
+			if req.Header.TTL != 200 || req.Header.Dst != dst {
+				t.Fatalf("request ttl %d dst %v", req.Header.TTL, req.Header.Dst)
+			}
+			if err := req.ReplyWith([]byte("pong"), perCall); err != nil {
+				t.Fatalf("ReplyWith: %v", err)
+			}
+			rep := recvOne(t, client.Packets(), 2*time.Second)
+			want := perCall.merged(SendOptions{TTL: 9, TOS: 0x20})
+			if int(rep.Header.TTL) != want.TTL || int(rep.Header.TOS) != want.TOS || rep.Header.Src != dst || string(rep.Value) != "pong" {
+				t.Fatalf("%s case %d: reply ttl %d tos %#x from %v, want ttl %d tos %#x from %v",
+					addr, i, rep.Header.TTL, rep.Header.TOS, rep.Header.Src, want.TTL, want.TOS, dst)
+			}
+		}
+	}
+	if err := client.Send(nil, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), SendOptions{TTL: 300}); err == nil {
+		t.Fatal("TTL 300 accepted")
+	}
+}
+
+// TestReplyErrors checks sending without a socket, after the end, and a
+// kernel error.
+func TestReplyErrors(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload)
+	mon := openT(t, s.Port(), Payload, WithMonitor(), WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", s.Port(), []byte("x"))
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	pm := recvOne(t, mon.Packets(), 2*time.Second)
+	if err := pm.Reply([]byte("y")); !errors.Is(err, ErrNoSender) {
+		t.Fatalf("monitor reply: %v", err)
+	}
+	if err := p.Reply(make([]byte, 70000)); !errors.Is(err, syscall.EMSGSIZE) {
+		t.Fatalf("oversized reply: %v, want EMSGSIZE", err)
+	}
+	s.Close()
+	if err := p.Reply([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("reply after Close: %v, want net.ErrClosed", err)
+	}
+}
+
+// TestReplyRacesClose replies from many goroutines while the stream is
+// cancelled: every reply either goes out or fails with net.ErrClosed.
+func TestReplyRacesClose(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	s, err := Open(ctx, 0, Payload, WithChannelCapacity(1024))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := udpSender(t, "udp4", 64, 0)
+	for range 64 {
+		sendTo(t, c, "127.0.0.1", s.Port(), []byte("q"))
+	}
+	var pkts []Packet[[]byte]
+	for len(pkts) < 64 {
+		pkts = append(pkts, recvOne(t, s.Packets(), 2*time.Second))
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var bad []error
+	for _, p := range pkts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range 20 {
+				if err := p.Reply([]byte("a")); err != nil && !errors.Is(err, net.ErrClosed) {
+					mu.Lock()
+					bad = append(bad, err)
+					mu.Unlock()
+				}
+			}
+		}()
+	}
+	cancel()
+	wg.Wait()
+	s.Close()
+	if len(bad) > 0 {
+		t.Fatalf("%d replies failed with unexpected errors, first: %v", len(bad), bad[0])
+	}
+}
+
+// TestReplyLinkLocal answers a peer host across a veth link, to and from
+// IPv6 link-local addresses: the reply must leave by the link it came in
+// on.
+func TestReplyLinkLocal(t *testing.T) {
+	if isPeer(t) {
+		ifi := peerInterface(t)
+		ip(t, "-6", "addr", "add", "fe80::2/64", "dev", ifi.Name, "nodad")
+		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
+		c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP("fe80::2"), Zone: ifi.Name})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		dst := &net.UDPAddr{IP: net.ParseIP("fe80::1"), Port: port, Zone: ifi.Name}
+		buf := make([]byte, 100)
+		for range 50 { // the receiver may not be reading yet: retry
+			c.WriteToUDP([]byte("link-local"), dst)
+			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			n, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				continue
+			}
+			if !from.IP.Equal(dst.IP) || from.Port != port || string(buf[:n]) != "re: link-local" {
+				t.Fatalf("reply %q from %v", buf[:n], from)
+			}
+			return
+		}
+		t.Fatal("no reply over the link")
+	}
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "link", "add", "ll0", "type", "veth", "peer", "name", "ll1")
+	ip(t, "link", "set", "ll0", "up")
+	ip(t, "-6", "addr", "add", "fe80::1/64", "dev", "ll0", "nodad")
+	// A second link with the same prefix: without the interface in the
+	// reply, the kernel could not tell which link fe80::2 is on.
+	ip(t, "link", "add", "ll2", "type", "veth", "peer", "name", "ll3")
+	ip(t, "link", "set", "ll2", "up")
+	ip(t, "link", "set", "ll3", "up")
+	s := openT(t, 0, Payload, WithNetwork("udp6"))
+	go func() {
+		for p := range s.Packets() {
+			if p.Err == nil {
+				p.Reply(append([]byte("re: "), p.Value...))
+			}
+		}
+	}()
+	wait := startPeer(t, "ll1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
+	wait()
+}
