@@ -1,0 +1,113 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// setHeaderFields sets the TTL / hop limit and TOS / traffic class of the
+// datagrams c sends.
+func setHeaderFields(c *net.UDPConn, network string, ttl, tos int) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		if network == "udp6" {
+			serr = setsockopt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS", ttl)
+			if serr == nil {
+				serr = setsockopt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, "IPV6_TCLASS", tos)
+			}
+			return
+		}
+		serr = setsockopt(fd, unix.IPPROTO_IP, unix.IP_TTL, "IP_TTL", ttl)
+		if serr == nil {
+			serr = setsockopt(fd, unix.IPPROTO_IP, unix.IP_TOS, "IP_TOS", tos)
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
+
+func setsockopt(fd uintptr, level, opt int, name string, v int) error {
+	if err := unix.SetsockoptInt(int(fd), level, opt, v); err != nil {
+		return os.NewSyscallError("setsockopt "+name, err)
+	}
+	return nil
+}
+
+// loopbackUp brings the loopback interface up, which is how a new network
+// namespace needs it: down, and without 127.0.0.1 and ::1 until it is up.
+// An ioctl does it without the ip command.
+func loopbackUp() error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return os.NewSyscallError("socket", err)
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq("lo")
+	if err != nil {
+		return err
+	}
+	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
+		return os.NewSyscallError("ioctl SIOCGIFFLAGS", err)
+	}
+	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
+	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
+		return os.NewSyscallError("ioctl SIOCSIFFLAGS", err)
+	}
+	return nil
+}
+
+// demoInNamespace runs this program again with the same arguments, in a
+// new user and network namespace: there it is root, with CAP_NET_RAW over
+// a network of its own, whatever it is outside. It returns the exit status
+// of that run.
+func demoInNamespace(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	exe, err := os.Executable()
+	if err != nil {
+		return fail(stderr, fmt.Errorf("demo: no CAP_NET_RAW, and cannot find this program to run it in a namespace of its own: %w", err))
+	}
+	cmd := exec.Command(exe, args...)
+	cmd.Env = append(os.Environ(), envDemoNetns+"=1")
+	cmd.Stdout, cmd.Stderr = stdout, stderr
+	cmd.SysProcAttr = &syscall.SysProcAttr{
+		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
+		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
+		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
+		// Its own process group, so that a Ctrl-C reaches it only as the
+		// signal forwarded below, never twice.
+		Setpgid:   true,
+		Pdeathsig: syscall.SIGTERM,
+	}
+	if err := cmd.Start(); err != nil {
+		return fail(stderr, fmt.Errorf("demo: no CAP_NET_RAW, and no user namespace to get it in (%w): "+
+			"run it as root, or allow unprivileged user namespaces "+
+			"(sysctl user.max_user_namespaces, kernel.unprivileged_userns_clone, kernel.apparmor_restrict_unprivileged_userns)", err))
+	}
+	stop := context.AfterFunc(ctx, func() { _ = cmd.Process.Signal(syscall.SIGTERM) })
+	defer stop()
+	err = cmd.Wait()
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+		return exitOK
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+		return exit.ExitCode()
+	case exit != nil && exit.Sys().(syscall.WaitStatus).Signal() == syscall.SIGPIPE:
+		// Its output was closed, as by "| head": nowhere to say more.
+		return exitRuntime
+	}
+	return fail(stderr, fmt.Errorf("demo in its own namespace: %w", err))
+}

@@ -1,0 +1,265 @@
+package main
+
+import (
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+
+	"github.com/udpstream/udpstream"
+)
+
+// printer writes one line per packet, in one Write each, so that a reader
+// of a pipe sees every line as soon as the datagram arrived.
+type printer struct {
+	w     io.Writer
+	json  bool
+	names ifNames
+	buf   []byte
+}
+
+func newPrinter(w io.Writer, asJSON bool) *printer {
+	return &printer{w: w, json: asJSON, names: ifNames{lookup: interfaceName}}
+}
+
+// packet prints p: a delivered datagram, or one that carries an error
+// (a datagram to another port, a decoder error).
+func (pr *printer) packet(p udpstream.Packet[[]byte]) error {
+	name := pr.names.name(p.Header.IfIndex, time.Now())
+	if pr.json {
+		b, err := json.Marshal(newRecord(p, name))
+		if err != nil {
+			return err
+		}
+		pr.buf = append(append(pr.buf[:0], b...), '\n')
+	} else {
+		pr.buf = appendText(pr.buf[:0], p, name)
+	}
+	_, err := pr.w.Write(pr.buf)
+	return err
+}
+
+// record is the -json line. The field names and types are a contract
+// that scripts parse: every key is always present except error, which only
+// error lines carry.
+type record struct {
+	Time        string `json:"time"`
+	IfIndex     int    `json:"ifindex"`
+	IfName      string `json:"ifname"`
+	Family      int    `json:"family"`
+	Src         string `json:"src"`
+	Sport       uint16 `json:"sport"`
+	Dst         string `json:"dst"`
+	Dport       uint16 `json:"dport"`
+	TTL         uint8  `json:"ttl"`
+	TOS         uint8  `json:"tos"`
+	ID          uint32 `json:"id"`
+	DF          bool   `json:"df"`
+	Flow        uint32 `json:"flow"`
+	IPOptions   string `json:"ip_options"`
+	ExtHeaders  []int  `json:"ext_headers"` // []int: a []uint8 would encode as base64
+	Fragments   int    `json:"fragments"`
+	UDPLen      uint16 `json:"udp_len"`
+	UDPChecksum uint16 `json:"udp_checksum"`
+	Len         int    `json:"len"`
+	Payload     string `json:"payload"`
+	Error       string `json:"error,omitempty"`
+}
+
+func newRecord(p udpstream.Packet[[]byte], ifname string) record {
+	h := p.Header
+	r := record{
+		Time:        h.Time.UTC().Format(time.RFC3339Nano),
+		IfIndex:     h.IfIndex,
+		IfName:      ifname,
+		Family:      int(h.Version),
+		Src:         h.Src.Addr().String(),
+		Sport:       h.Src.Port(),
+		Dst:         h.Dst.Addr().String(),
+		Dport:       h.Dst.Port(),
+		TTL:         h.TTL,
+		TOS:         h.TOS,
+		ID:          h.ID,
+		DF:          h.DF,
+		Flow:        h.FlowLabel,
+		IPOptions:   hex.EncodeToString(h.Options),
+		ExtHeaders:  make([]int, len(h.ExtHeaders)),
+		Fragments:   h.Fragments,
+		UDPLen:      h.UDPLength,
+		UDPChecksum: h.UDPChecksum,
+		Len:         payloadLen(p),
+		Payload:     hex.EncodeToString(p.Value),
+	}
+	for i, x := range h.ExtHeaders {
+		r.ExtHeaders[i] = int(x)
+	}
+	if p.Err != nil {
+		r.Error = p.Err.Error()
+	}
+	return r
+}
+
+// payloadLen is the datagram's payload length. The library hands over no
+// payload with a datagram to another port, so there it comes from the
+// UDP header.
+func payloadLen(p udpstream.Packet[[]byte]) int {
+	if p.Value == nil && p.Err != nil {
+		return max(int(p.Header.UDPLength)-8, 0)
+	}
+	return len(p.Value)
+}
+
+// textTime is RFC 3339 with microseconds: finer than a terminal reader
+// needs, and of fixed width so that the columns line up.
+const textTime = "2006-01-02T15:04:05.000000Z07:00"
+
+// previewBytes is how much of the payload a readable line shows.
+const previewBytes = 32
+
+// appendText appends the readable line for p. Columns have minimum widths
+// that fit any IPv4 datagram, so that lines line up in a terminal; a long
+// IPv6 address or interface name widens its own line only.
+func appendText(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
+	h := p.Header
+	if ifname == "" {
+		ifname = "if" + strconv.Itoa(h.IfIndex)
+	}
+	route := h.Src.String() + " → " + h.Dst.String()
+	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s  ttl %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
+		h.Time.UTC().Format(textTime), ifname, h.Version, route,
+		h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
+	if p.Err != nil {
+		b = append(b, "error: "...)
+		b = append(b, p.Err.Error()...)
+	} else {
+		b = appendPreview(b, p.Value)
+	}
+	return append(b, '\n')
+}
+
+// identity is the readable line's column for what tells datagrams apart
+// and how they travelled: IPv4 ID and flags, or IPv6 flow label and
+// fragment ID; then fragments, options and extension headers if any.
+func identity(h udpstream.Header) string {
+	var s string
+	if h.Version == 4 {
+		s = "id " + strconv.FormatUint(uint64(h.ID), 10)
+		if h.DF {
+			s += " DF"
+		}
+		if h.MF {
+			s += " MF"
+		}
+		if len(h.Options) > 0 {
+			s += " opt " + hex.EncodeToString(h.Options)
+		}
+	} else {
+		s = fmt.Sprintf("flow 0x%05x", h.FlowLabel)
+		if h.ID != 0 {
+			s += " frag-id " + strconv.FormatUint(uint64(h.ID), 10)
+		}
+		for i, x := range h.ExtHeaders {
+			sep := ","
+			if i == 0 {
+				sep = " ext "
+			}
+			s += sep + strconv.Itoa(int(x))
+		}
+	}
+	if h.Fragments > 1 {
+		s += " frags " + strconv.Itoa(h.Fragments)
+	}
+	return s
+}
+
+// appendPreview appends the start of payload as a quoted string: printable
+// ASCII as is, anything else escaped, and "…" after the closing quote when
+// there is more.
+func appendPreview(b, payload []byte) []byte {
+	const digits = "0123456789abcdef"
+	n := min(len(payload), previewBytes)
+	b = append(b, '"')
+	for _, c := range payload[:n] {
+		switch {
+		case c == '"' || c == '\\':
+			b = append(b, '\\', c)
+		case c == '\n':
+			b = append(b, `\n`...)
+		case c == '\r':
+			b = append(b, `\r`...)
+		case c == '\t':
+			b = append(b, `\t`...)
+		case c >= 0x20 && c < 0x7f:
+			b = append(b, c)
+		default:
+			b = append(b, '\\', 'x', digits[c>>4], digits[c&15])
+		}
+	}
+	b = append(b, '"')
+	if len(payload) > n {
+		b = append(b, "…"...)
+	}
+	return b
+}
+
+// ifNames caches interface names by index: resolving one asks the kernel
+// for every interface, too much to do per datagram. Entries expire so that
+// a renamed interface, or an index reused by a new one, shows up.
+type ifNames struct {
+	lookup func(index int) string
+	cache  map[int]cachedName
+}
+
+type cachedName struct {
+	name string
+	at   time.Time
+}
+
+// ifNameTTL is how long a resolved name is trusted.
+const ifNameTTL = 10 * time.Second
+
+// name returns the interface's name, "" when it cannot be resolved.
+func (c *ifNames) name(index int, now time.Time) string {
+	if e, ok := c.cache[index]; ok && now.Sub(e.at) < ifNameTTL {
+		return e.name
+	}
+	if c.cache == nil {
+		c.cache = make(map[int]cachedName)
+	}
+	// A failure is cached too, so that datagrams from a vanished
+	// interface do not each cost a lookup.
+	n := c.lookup(index)
+	c.cache[index] = cachedName{name: n, at: now}
+	return n
+}
+
+// interfaceName asks the system for an interface's name.
+func interfaceName(index int) string {
+	ifi, err := net.InterfaceByIndex(index)
+	if err != nil {
+		return ""
+	}
+	return ifi.Name
+}
+
+// statsLine is the -stats object: the library's counters, with delivered
+// replaced by the datagrams printed and the sum of the drop reasons beside
+// them. The outer fields hide the embedded Delivered in JSON.
+type statsLine struct {
+	Delivered uint64 `json:"delivered"`
+	Dropped   uint64 `json:"dropped"`
+	udpstream.Stats
+}
+
+// printStats prints the -stats object as one line on stderr.
+func printStats(stderr io.Writer, st udpstream.Stats, printed uint64) {
+	b, err := json.Marshal(statsLine{Delivered: printed, Dropped: st.Dropped(), Stats: st})
+	if err != nil {
+		warn(stderr, fmt.Errorf("encoding stats: %w", err))
+		return
+	}
+	fmt.Fprintf(stderr, "%s\n", b)
+}

@@ -1,0 +1,235 @@
+// Command udpstream prints the UDP datagrams addressed to one port, over
+// IPv4 and IPv6 at once, with their IP headers: TTL or hop limit, TOS or
+// traffic class, IPv4 ID and DF, IPv6 flow label, options and extension
+// headers. It needs CAP_NET_RAW (see -demo for a way to try it without).
+//
+// Usage:
+//
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]
+//	udpstream -demo [-json] [-stats]
+//
+// Once it listens, the first line on stderr is
+//
+//	udpstream: listening on port N
+//
+// with the port actually bound, which is how a script learns the port that
+// -port 0 picked. Then each datagram is one line on stdout, written as soon
+// as it arrives: a readable line aligned for a terminal, or with -json one
+// JSON object with the fields time, ifindex, ifname, family, src, sport,
+// dst, dport, ttl, tos, id, df, flow, ip_options, ext_headers, fragments,
+// udp_len, udp_checksum, len, payload, and error on error lines only.
+// Times are UTC.
+//
+// SIGINT and SIGTERM end it with status 0 after it has printed what was
+// already received. With -stats it then prints one JSON object of counters
+// on stderr: delivered (the datagrams printed, error lines excluded),
+// dropped (the sum of every drop reason) and one counter per reason.
+//
+// Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"slices"
+	"strings"
+	"syscall"
+
+	"github.com/udpstream/udpstream"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// After the first signal has asked for a clean end, a second one ends
+	// the program at once, as the user expects of a second Ctrl-C.
+	context.AfterFunc(ctx, stop)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Exit statuses.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitUsage   = 2
+)
+
+// options are the parsed command line.
+type options struct {
+	port       int
+	iface      string
+	only4      bool
+	only6      bool
+	json       bool
+	count      int
+	portErrors bool
+	echo       bool
+	stats      bool
+	demo       bool
+}
+
+// usageError is a command line the tool cannot act on.
+type usageError string
+
+func (e usageError) Error() string { return string(e) }
+
+// parseArgs parses the command line. It returns flag.ErrHelp, after
+// printing the help on stderr, when the user asked for it.
+func parseArgs(args []string, stderr io.Writer) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("udpstream", flag.ContinueOnError)
+	// The flag package's own report is several lines; the tool prints one.
+	fs.SetOutput(io.Discard)
+	fs.IntVar(&o.port, "port", 0, "UDP `port` to receive; 0 picks a free one")
+	fs.StringVar(&o.iface, "i", "", "receive only on `interface` (default: all)")
+	fs.BoolVar(&o.only4, "4", false, "IPv4 only")
+	fs.BoolVar(&o.only6, "6", false, "IPv6 only")
+	fs.BoolVar(&o.json, "json", false, "print one JSON object per datagram")
+	fs.IntVar(&o.count, "count", 0, "exit after `n` datagrams (error lines do not count; 0: no limit)")
+	fs.BoolVar(&o.portErrors, "port-errors", false, "also print datagrams to other ports, as error lines")
+	fs.BoolVar(&o.echo, "echo", false, "reply to each datagram with its payload")
+	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
+	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
+
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]")
+			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
+			fs.SetOutput(stderr)
+			fs.PrintDefaults()
+			return o, err
+		}
+		return o, usageError(err.Error() + " (see udpstream -h)")
+	}
+	var given []string // in lexical order
+	fs.Visit(func(f *flag.Flag) { given = append(given, f.Name) })
+
+	switch {
+	case fs.NArg() > 0:
+		return o, usageError(fmt.Sprintf("unexpected argument %q: the port is given with -port", fs.Arg(0)))
+	case o.port < 0 || o.port > 65535:
+		return o, usageError(fmt.Sprintf("-port %d: want 0 to 65535 (0 picks a free port)", o.port))
+	case o.only4 && o.only6:
+		return o, usageError("-4 and -6 exclude each other: give one, or neither for both families")
+	case o.count < 0:
+		return o, usageError(fmt.Sprintf("-count %d: want a positive number, or 0 for no limit", o.count))
+	case slices.Contains(given, "i") && o.iface == "":
+		return o, usageError("-i needs an interface name (see ip link)")
+	}
+	if o.demo {
+		for _, name := range given {
+			if name != "demo" && name != "json" && name != "stats" {
+				return o, usageError("-demo takes only -json and -stats, not -" + name)
+			}
+		}
+	}
+	return o, nil
+}
+
+// streamOptions translates the command line into the library's options.
+func (o options) streamOptions() []udpstream.Option {
+	var opts []udpstream.Option
+	if o.iface != "" {
+		opts = append(opts, udpstream.WithInterface(o.iface))
+	}
+	switch {
+	case o.only4:
+		opts = append(opts, udpstream.WithNetwork("udp4"))
+	case o.only6:
+		opts = append(opts, udpstream.WithNetwork("udp6"))
+	}
+	if o.portErrors {
+		opts = append(opts, udpstream.WithPortErrors())
+	}
+	return opts
+}
+
+// run is the whole tool: main only adds the process's signals, arguments,
+// output and exit. It returns the exit status.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	o, err := parseArgs(args, stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitOK
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "udpstream: %v\n", err)
+		return exitUsage
+	}
+	if o.demo {
+		return runDemo(ctx, o, args, stdout, stderr)
+	}
+	return listen(ctx, o, stdout, stderr)
+}
+
+// listen prints the stream's datagrams until the context ends, -count is
+// reached or the stream fails.
+func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
+	s, err := udpstream.Open(ctx, uint16(o.port), udpstream.Payload, o.streamOptions()...)
+	if err != nil {
+		if ctx.Err() != nil {
+			return exitOK // interrupted before it began
+		}
+		return fail(stderr, err)
+	}
+	defer s.Close()
+	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
+
+	out := newPrinter(stdout, o.json)
+	var delivered uint64
+	// After cancellation the channel still holds what was received; the
+	// loop drains it and ends when the stream closes it.
+	for p := range s.Packets() {
+		if p.Err != nil && p.Header.Version == 0 {
+			continue // the stream's last word; s.Err reports it below
+		}
+		if o.echo && p.Err == nil {
+			if err := p.Reply(p.Value); err != nil {
+				warn(stderr, fmt.Errorf("echo to %v: %w", p.Header.Src, err))
+			}
+		}
+		if err := out.packet(p); err != nil {
+			s.Close()
+			return fail(stderr, fmt.Errorf("writing output: %w", err))
+		}
+		if p.Err == nil {
+			delivered++
+			if o.count > 0 && delivered == uint64(o.count) {
+				break
+			}
+		}
+	}
+	// Close waits until the stream has ended, so that Err and Stats are
+	// final.
+	s.Close()
+	if o.stats {
+		printStats(stderr, s.Stats(), delivered)
+	}
+	if err := s.Err(); err != nil {
+		return fail(stderr, err)
+	}
+	return exitOK
+}
+
+// message formats err as the tool's messages do, without repeating the
+// library's own "udpstream: " prefix.
+func message(err error) string {
+	return "udpstream: " + strings.TrimPrefix(err.Error(), "udpstream: ")
+}
+
+// fail prints err as one line on stderr and returns the runtime error
+// status.
+func fail(stderr io.Writer, err error) int {
+	fmt.Fprintln(stderr, message(err))
+	return exitRuntime
+}
+
+// warn prints err as one line on stderr; the tool goes on.
+func warn(stderr io.Writer, err error) {
+	fmt.Fprintln(stderr, message(err))
+}
