@@ -184,8 +184,9 @@ func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource in
 		switch {
 		case timeout <= 0:
 			return optionErr("reassembly timeout %v: must be positive", timeout)
-		case memory < 64<<10:
-			return optionErr("reassembly memory %d: want at least 64 KiB", memory)
+		case memory < 128<<10:
+			// A largest datagram and its bookkeeping need about 67 KiB.
+			return optionErr("reassembly memory %d: want at least 128 KiB", memory)
 		case maxFragments < 2:
 			return optionErr("reassembly fragments %d: want at least 2", maxFragments)
 		case maxPerSource < 1:

@@ -220,3 +220,30 @@ func TestReplyLinkLocal(t *testing.T) {
 	wait := startPeer(t, "ll1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
 	wait()
 }
+
+// TestReplyAllocs checks that a reply allocates nothing of its own.
+func TestReplyAllocs(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	s := openT(t, 0, HeaderOnly)
+	for _, network := range []string{"udp4", "udp6"} {
+		c := udpSender(t, network, 64, 0)
+		addr := "127.0.0.1"
+		if network == "udp6" {
+			addr = "::1"
+		}
+		sendTo(t, c, addr, s.Port(), []byte("q"))
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		payload := []byte("answer")
+		opts := SendOptions{TTL: 9, TOS: 0x10}
+		allocs := testing.AllocsPerRun(200, func() {
+			if err := p.ReplyWith(payload, opts); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if allocs != 0 {
+			t.Errorf("%s: %.1f allocations per reply, want 0", network, allocs)
+		}
+	}
+}

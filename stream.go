@@ -364,7 +364,9 @@ func (h *handler[T]) handle(ctx context.Context, frame []byte, m *frameMeta) err
 	if v != fragment {
 		return h.finish(ctx, v, m, 1)
 	}
-	whole, n, v := h.reasm.add(h.p.Version, h.p.Src.Addr(), h.p.Dst.Addr(), &h.p.frag, time.Unix(int64(m.sec), int64(m.nsec)))
+	// The monotonic clock, not the kernel's wall-clock stamp, so that a
+	// clock step cannot expire every datagram at once.
+	whole, n, v := h.reasm.add(h.p.Version, h.p.Src.Addr(), h.p.Dst.Addr(), &h.p.frag, time.Now())
 	if whole == nil {
 		if v != fragment {
 			h.counts.drops[v].Add(1)
