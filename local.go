@@ -43,13 +43,16 @@ type localAddrs struct {
 	refresh func() bool
 }
 
-// contains reports whether a datagram to a would be delivered locally.
-func (l *localAddrs) contains(a netip.Addr) bool {
-	if a == limitedBroadcast || l.cur.Load().has(a) {
-		return true
+// lookup reports whether a datagram to a would be delivered locally, and
+// the address set that said so.
+func (l *localAddrs) lookup(a netip.Addr) (*addrSet, bool) {
+	set := l.cur.Load()
+	if a == limitedBroadcast || set.has(a) {
+		return set, true
 	}
 	if l.refresh != nil && l.refresh() {
-		return l.cur.Load().has(a)
+		set = l.cur.Load()
+		return set, set.has(a)
 	}
-	return false
+	return set, false
 }

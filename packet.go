@@ -130,13 +130,13 @@ func (h Header) ECN() ECN { return ECN(h.TOS & 3) }
 // byte slices may point into kernel ring memory and are valid only during
 // the Decoder call: a decoder must copy what it keeps.
 type Datagram struct {
-	hdr Header
+	hdr *Header
 	ip  []byte
 	udp []byte
 }
 
-// Header returns the datagram's parsed header. It is owned by the caller.
-func (d *Datagram) Header() Header { return d.hdr }
+// Header returns the datagram's parsed header, a copy owned by the caller.
+func (d *Datagram) Header() Header { return *d.hdr }
 
 // IP returns the whole IP datagram, headers included, reassembled when it
 // arrived in fragments. Valid only during the Decoder call.

@@ -30,6 +30,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"runtime/debug"
 	"sync/atomic"
 	"time"
@@ -338,9 +339,12 @@ type handler[T any] struct {
 	reasm *reassembler
 	tx    *sender
 
-	p      parsed
-	d      Datagram
-	counts counters
+	p         parsed
+	d         Datagram
+	pkt       Packet[T]
+	lastSet   *addrSet // the set lastLocal was found in
+	lastLocal netip.Addr
+	counts    counters
 }
 
 // handle processes one frame. It blocks while the channel is full and
@@ -398,30 +402,31 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 		h.counts.drops[v].Add(1)
 		return nil
 	}
-	if !h.cfg.anyDestination && !h.local.contains(h.p.Dst.Addr()) {
+	if !h.cfg.anyDestination && !h.isLocal(h.p.Dst.Addr()) {
 		h.counts.drops[dropNotLocal].Add(1)
 		return nil
 	}
 
-	hdr := h.p.Header
-	hdr.IfIndex = m.ifIndex
-	hdr.Time = time.Unix(int64(m.sec), int64(m.nsec))
-	if hdr.Options != nil {
-		hdr.Options = append([]byte(nil), hdr.Options...)
+	// The packet is built in place, and the decoder's Datagram points at
+	// its header: a Header is large enough that copies show.
+	pkt := &h.pkt
+	pkt.Header = h.p.Header
+	pkt.Header.IfIndex = m.ifIndex
+	pkt.Header.Time = time.Unix(int64(m.sec), int64(m.nsec))
+	if pkt.Header.Options != nil {
+		pkt.Header.Options = append([]byte(nil), pkt.Header.Options...)
 	}
 	if h.p.extN > 0 {
-		hdr.ExtHeaders = append([]uint8(nil), h.p.ext[:h.p.extN]...)
+		pkt.Header.ExtHeaders = append([]uint8(nil), h.p.ext[:h.p.extN]...)
 	}
-
-	h.d = Datagram{hdr: hdr, ip: h.p.ip, udp: h.p.udp}
-	val, err := decode(h.dec, &h.d)
-	h.d = Datagram{}
+	pkt.tx = h.tx
+	h.d.hdr, h.d.ip, h.d.udp = &pkt.Header, h.p.ip, h.p.udp
+	pkt.Value, pkt.Err = decode(h.dec, &h.d)
 	if v == dropOtherPort {
 		// Decoded all the same, so the caller can see what was sent;
 		// the port is the error that matters.
-		err = ErrNotDestPort
+		pkt.Err = ErrNotDestPort
 	}
-	pkt := Packet[T]{Value: val, Header: hdr, Err: err, tx: h.tx}
 	// Counted before the send, so that a consumer holding the packet
 	// finds it in Stats; taken back if the stream ends first.
 	c := &h.counts.delivered
@@ -432,13 +437,42 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 		c = &h.counts.decodeErrors
 	}
 	c.Add(1)
+	err := h.send(ctx)
+	if err != nil {
+		c.Add(^uint64(0))
+	}
+	*pkt = Packet[T]{} // keep no reference to what the consumer now owns
+	return err
+}
+
+// send hands h.pkt to the consumer. A send that can proceed at once takes
+// the cheap path; only a full channel pays for a select with the context.
+func (h *handler[T]) send(ctx context.Context) error {
 	select {
-	case h.out <- pkt:
+	case h.out <- h.pkt:
+		return nil
+	default:
+	}
+	select {
+	case h.out <- h.pkt:
 		return nil
 	case <-ctx.Done():
-		c.Add(^uint64(0))
 		return ctx.Err()
 	}
+}
+
+// isLocal reports whether a is an address of this host. Most traffic goes
+// to one address, so the last answer is remembered for as long as the
+// address set it came from is current.
+func (h *handler[T]) isLocal(a netip.Addr) bool {
+	if set := h.local.cur.Load(); set != nil && set == h.lastSet && a == h.lastLocal {
+		return true
+	}
+	set, ok := h.local.lookup(a)
+	if ok {
+		h.lastSet, h.lastLocal = set, a
+	}
+	return ok
 }
 
 // decode runs a user's decoder, turning a panic into an error so that one
