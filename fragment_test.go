@@ -30,21 +30,6 @@ var (
 	reasmT0    = time.Unix(1_700_000_000, 0)
 )
 
-// reasmSum is the RFC 1071 sum: big-endian 16-bit words, an odd last byte
-// padded with zero, carries folded back in.
-func reasmSum(b []byte) uint16 {
-	var s uint32
-	for i := 0; i < len(b); i += 2 {
-		w := uint32(b[i]) << 8
-		if i+1 < len(b) {
-			w |= uint32(b[i+1])
-		}
-		s += w
-		s = s&0xffff + s>>16
-	}
-	return uint16(s)
-}
-
 // reasmSent is one UDP datagram as its sender built it.
 type reasmSent struct {
 	version      uint8
@@ -82,7 +67,7 @@ func (s *reasmSent) seal() {
 	} else {
 		pseudo = append(pseudo, 0, 0, byte(len(u)>>8), byte(len(u)), 0, 0, 0, protoUDP)
 	}
-	c := ^reasmSum(append(pseudo, u...))
+	c := ^refSum(0, append(pseudo, u...))
 	if c == 0 {
 		c = 0xffff
 	}
@@ -117,7 +102,7 @@ func (s *reasmSent) v4Header(off, n int, more, withOpts bool) []byte {
 	if withOpts {
 		copy(h[20:], s.opts)
 	}
-	binary.BigEndian.PutUint16(h[10:], ^reasmSum(h))
+	binary.BigEndian.PutUint16(h[10:], ^refSum(0, h))
 	return h
 }
 

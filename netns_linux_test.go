@@ -15,77 +15,21 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
-// Tests that need the kernel run in a network namespace of their own, never
-// in the host's. runInNetns re-executes the test binary in a new user and
-// network namespace, where it has CAP_NET_RAW and CAP_NET_ADMIN without
-// being root, and runs the one test there; the parent passes or fails with
-// the child. When namespaces cannot be made the test is skipped with the
-// reason, and under CI=true that skip is a failure.
-
-const envNetnsTest = "UDPSTREAM_NETNS_TEST"
+// Tests that need the kernel run in a network namespace of their own (see
+// internal/netnstest). Those that build links use the ip command.
 
 // inNetns reports whether the caller is the namespaced child and should
 // run the test body. In the parent it runs the child and returns false.
 func inNetns(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(envNetnsTest) == t.Name() {
-		ip(t, "link", "set", "lo", "up")
-		return true
-	}
-	if strings.Contains(t.Name(), "/") {
-		t.Fatalf("inNetns runs top-level tests only")
-	}
-	runChild(t, syscall.CLONE_NEWUSER|syscall.CLONE_NEWNET, envNetnsTest+"="+t.Name())
-	return false
-}
-
-// runChild re-executes this test binary for t.Name() with the given clone
-// flags (which must include CLONE_NEWUSER) and environment.
-func runChild(t *testing.T, cloneflags uintptr, env ...string) {
-	t.Helper()
 	if _, err := exec.LookPath("ip"); err != nil {
-		skipOrFail(t, "the ip command (iproute2) is not installed")
+		netnstest.SkipOrFail(t, "the ip command (iproute2) is not installed")
 	}
-	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v", "-test.count=1"}
-	if testing.Short() {
-		args = append(args, "-test.short")
-	}
-	cmd := exec.Command(os.Args[0], args...)
-	// The race runtime sleeps a second at exit unless told not to.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))
-	cmd.Env = append(cmd.Env, env...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  cloneflags,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-	}
-	out, err := cmd.CombinedOutput()
-	if err != nil && !bytes.Contains(out, []byte("=== RUN")) {
-		// The child never started: namespaces are not available here.
-		skipOrFail(t, fmt.Sprintf("cannot run in a new user and network namespace: %v: %s", err, out))
-	}
-	t.Logf("namespaced child:\n%s", out)
-	if err != nil {
-		t.Fatalf("namespaced child failed: %v", err)
-	}
-	if bytes.Contains(out, []byte("--- SKIP: "+t.Name())) {
-		skipOrFail(t, "namespaced child skipped")
-	}
-	if !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
-		t.Fatalf("namespaced child did not report a pass")
-	}
-}
-
-// skipOrFail skips a privileged test, unless running in CI, where a skipped
-// privileged test would hide a broken environment.
-func skipOrFail(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("privileged test cannot run in CI: %s", why)
-	}
-	t.Skip(why)
+	return netnstest.InNetns(t)
 }
 
 // ip runs the ip command, failing the test on error.
@@ -214,6 +158,12 @@ func (in *injector) send(t *testing.T, pkt []byte) {
 // remain than before once the runtime has had a moment to settle.
 func leakCheck(t *testing.T) {
 	t.Helper()
+	// The runtime opens its poller's fds on first use: open them now, so
+	// that they are not counted as the stream's.
+	if r, w, err := os.Pipe(); err == nil {
+		r.Close()
+		w.Close()
+	}
 	g0, f0, m0 := runtime.NumGoroutine(), countFDs(t), countPacketMaps(t)
 	t.Cleanup(func() {
 		deadline := time.Now().Add(2 * time.Second)
@@ -264,7 +214,7 @@ func isPeer(t *testing.T) bool { return os.Getenv(envPeer) == t.Name() }
 func startPeer(t *testing.T, ifname string, env ...string) (wait func() string) {
 	t.Helper()
 	cmd := exec.Command(os.Args[0], "-test.run=^"+regexp.QuoteMeta(t.Name())+"$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"), envPeer+"="+t.Name(), "UDPSTREAM_PEER_IF="+ifname)
+	cmd.Env = append(os.Environ(), netnstest.RaceEnv(), envPeer+"="+t.Name(), "UDPSTREAM_PEER_IF="+ifname)
 	cmd.Env = append(cmd.Env, env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	var out bytes.Buffer

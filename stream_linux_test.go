@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
 // recvOne waits for the next packet, failing the test after d.
@@ -574,7 +576,7 @@ func TestDecoderErrorAndPanic(t *testing.T) {
 func TestNoCapNetRaw(t *testing.T) {
 	const env = "UDPSTREAM_NOCAP_TEST"
 	if os.Getenv(env) == "" {
-		runChild(t, syscall.CLONE_NEWUSER, env+"=1")
+		netnstest.RunChild(t, 0, env+"=1")
 		return
 	}
 	_, err := Open(context.Background(), 0, Payload)

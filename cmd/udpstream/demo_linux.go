@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpstream/udpstream/internal/netns"
 )
 
 // setHeaderFields sets the TTL / hop limit and TOS / traffic class of the
@@ -47,28 +49,8 @@ func setsockopt(fd uintptr, level, opt int, name string, v int) error {
 	return nil
 }
 
-// loopbackUp brings the loopback interface up, which is how a new network
-// namespace needs it: down, and without 127.0.0.1 and ::1 until it is up.
-// An ioctl does it without the ip command.
-func loopbackUp() error {
-	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		return os.NewSyscallError("socket", err)
-	}
-	defer unix.Close(fd)
-	ifr, err := unix.NewIfreq("lo")
-	if err != nil {
-		return err
-	}
-	if err := unix.IoctlIfreq(fd, unix.SIOCGIFFLAGS, ifr); err != nil {
-		return os.NewSyscallError("ioctl SIOCGIFFLAGS", err)
-	}
-	ifr.SetUint16(ifr.Uint16() | unix.IFF_UP)
-	if err := unix.IoctlIfreq(fd, unix.SIOCSIFFLAGS, ifr); err != nil {
-		return os.NewSyscallError("ioctl SIOCSIFFLAGS", err)
-	}
-	return nil
-}
+// loopbackUp brings the loopback interface of a new namespace up.
+func loopbackUp() error { return netns.LoopbackUp() }
 
 // demoInNamespace runs this program again with the same arguments, in a
 // new user and network namespace: there it is root, with CAP_NET_RAW over
@@ -82,15 +64,11 @@ func demoInNamespace(ctx context.Context, args []string, stdout, stderr io.Write
 	cmd := exec.Command(exe, args...)
 	cmd.Env = append(os.Environ(), envDemoNetns+"=1")
 	cmd.Stdout, cmd.Stderr = stdout, stderr
-	cmd.SysProcAttr = &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | syscall.CLONE_NEWNET,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-		// Its own process group, so that a Ctrl-C reaches it only as the
-		// signal forwarded below, never twice.
-		Setpgid:   true,
-		Pdeathsig: syscall.SIGTERM,
-	}
+	cmd.SysProcAttr = netns.UserNS(syscall.CLONE_NEWNET)
+	// Its own process group, so that a Ctrl-C reaches it only as the
+	// signal forwarded below, never twice.
+	cmd.SysProcAttr.Setpgid = true
+	cmd.SysProcAttr.Pdeathsig = syscall.SIGTERM
 	if err := cmd.Start(); err != nil {
 		return fail(stderr, fmt.Errorf("demo: no CAP_NET_RAW, and no user namespace to get it in (%w): "+
 			"run it as root, or allow unprivileged user namespaces "+

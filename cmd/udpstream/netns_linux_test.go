@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -21,6 +20,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
 // Tests that send traffic do it in a network namespace of their own,
@@ -31,8 +32,6 @@ import (
 // reason; with CI set, that skip is a failure.
 
 const (
-	// envNetnsTest names the test a namespaced child is to run.
-	envNetnsTest = "UDPSTREAM_CMD_NETNS_TEST"
 	// envTool passes the path of the built tool to namespaced children.
 	envTool = "UDPSTREAM_CMD_TOOL"
 )
@@ -87,72 +86,14 @@ func tool(t *testing.T) string {
 }
 
 // inNetns reports whether the caller is the namespaced child and should run
-// the test body, with loopback up. In the parent it runs the child and
-// returns false.
+// the test body, with loopback up. In the parent it runs the child, passing
+// it the tool's path if it was built, and returns false.
 func inNetns(t *testing.T) bool {
 	t.Helper()
-	if os.Getenv(envNetnsTest) == t.Name() {
-		if err := loopbackUp(); err != nil {
-			t.Fatalf("loopback up: %v", err)
-		}
-		return true
-	}
-	if strings.Contains(t.Name(), "/") {
-		t.Fatalf("inNetns runs top-level tests only")
-	}
-	runChild(t)
-	return false
-}
-
-// runChild re-executes this test binary for t.Name() in a new user and
-// network namespace, with the tool's path if it was built.
-func runChild(t *testing.T) {
-	t.Helper()
-	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v", "-test.count=1"}
-	if testing.Short() {
-		args = append(args, "-test.short")
-	}
-	cmd := exec.Command(os.Args[0], args...)
-	// The race runtime sleeps a second at exit unless told not to.
-	cmd.Env = append(os.Environ(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"), envNetnsTest+"="+t.Name())
 	if buildPath != "" {
-		cmd.Env = append(cmd.Env, envTool+"="+buildPath)
+		return netnstest.InNetns(t, envTool+"="+buildPath)
 	}
-	cmd.SysProcAttr = userns(syscall.CLONE_NEWNET)
-	out, err := cmd.CombinedOutput()
-	if err != nil && !bytes.Contains(out, []byte("=== RUN")) {
-		skipOrFail(t, fmt.Sprintf("cannot run in a new user and network namespace: %v: %s", err, out))
-	}
-	t.Logf("namespaced child:\n%s", out)
-	if err != nil {
-		t.Fatalf("namespaced child failed: %v", err)
-	}
-	if bytes.Contains(out, []byte("--- SKIP: "+t.Name())) {
-		skipOrFail(t, "namespaced child skipped")
-	}
-	if !bytes.Contains(out, []byte("--- PASS: "+t.Name())) {
-		t.Fatalf("namespaced child did not report a pass")
-	}
-}
-
-// userns returns process attributes for a child in a new user namespace,
-// plus the namespaces in extra, in which it is root.
-func userns(extra uintptr) *syscall.SysProcAttr {
-	return &syscall.SysProcAttr{
-		Cloneflags:  syscall.CLONE_NEWUSER | extra,
-		UidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getuid(), Size: 1}},
-		GidMappings: []syscall.SysProcIDMap{{ContainerID: 0, HostID: os.Getgid(), Size: 1}},
-	}
-}
-
-// skipOrFail skips a privileged test, unless running in CI, where a
-// skipped privileged test would hide a broken environment.
-func skipOrFail(t *testing.T, why string) {
-	t.Helper()
-	if os.Getenv("CI") != "" {
-		t.Fatalf("privileged test cannot run in CI: %s", why)
-	}
-	t.Skip(why)
+	return netnstest.InNetns(t)
 }
 
 // setLoopbackMTU sets the MTU of loopback in the test's namespace.
@@ -337,7 +278,7 @@ func startTool(t *testing.T, bin string, attr *syscall.SysProcAttr, args ...stri
 	}
 	if err := cmd.Start(); err != nil {
 		if attr != nil && attr.Cloneflags&syscall.CLONE_NEWUSER != 0 {
-			skipOrFail(t, fmt.Sprintf("cannot start %s in a new user namespace: %v", bin, err))
+			netnstest.SkipOrFail(t, fmt.Sprintf("cannot start %s in a new user namespace: %v", bin, err))
 		}
 		t.Fatalf("starting %s: %v", bin, err)
 	}

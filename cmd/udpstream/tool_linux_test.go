@@ -9,6 +9,9 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/udpstream/udpstream/internal/netns"
+	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
 // These tests run the built binary, as scripts do: its output through
@@ -194,7 +197,7 @@ func TestDemoUnprivileged(t *testing.T) {
 		if asJSON {
 			args = append(args, "-json")
 		}
-		if rest := checkDemo(t, startTool(t, bin, userns(0), args...), asJSON, true); len(rest) != 0 {
+		if rest := checkDemo(t, startTool(t, bin, netns.UserNS(0), args...), asJSON, true); len(rest) != 0 {
 			t.Errorf("more stderr %q", rest)
 		}
 	}
@@ -216,7 +219,7 @@ func TestDemoAsUser(t *testing.T) {
 	// Without user namespaces the demo cannot run: it must say why, in
 	// one line.
 	if code, _, stderr := p.wait(t); code == exitRuntime && len(stderr) == 1 && strings.Contains(stderr[0], "no user namespace") {
-		skipOrFail(t, stderr[0])
+		netnstest.SkipOrFail(t, stderr[0])
 	}
 	checkDemo(t, p, false, true)
 }
