@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -39,13 +40,14 @@ const (
 
 // packetSocket is one AF_PACKET socket with its receive ring.
 type packetSocket struct {
-	fam    uint8
-	file   *os.File
-	rc     syscall.RawConn
-	ring   []byte
-	frames int
-	next   int    // the frame to read next
-	big    []byte // receives frames flagged TP_STATUS_COPY
+	fam     uint8
+	ifIndex int // the interface bound to; 0 for all
+	file    *os.File
+	rc      syscall.RawConn
+	ring    []byte
+	frames  int
+	next    int    // the frame to read next
+	big     []byte // receives frames flagged TP_STATUS_COPY
 }
 
 func (ps *packetSocket) family() uint8 { return ps.fam }
@@ -87,7 +89,7 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 	if err != nil {
 		return nil, 0, err
 	}
-	ps := &packetSocket{fam: fam}
+	ps := &packetSocket{fam: fam, ifIndex: ifIndex}
 	defer func() {
 		if err != nil && fd >= 0 {
 			if ps.ring != nil {
@@ -235,8 +237,33 @@ func (ps *packetSocket) release() {
 
 // wait blocks in the runtime poller until a frame is ready or the read
 // deadline passes.
+//
+// Woken with no frame ready, it looks for a socket error: the kernel
+// reports ENETDOWN when the bound interface goes down, and the socket
+// receives again once it is back up, so that is not fatal; but an
+// interface that was removed never comes back, and wait says so.
 func (ps *packetSocket) wait() error {
-	return ps.rc.Read(func(uintptr) bool { return ps.ready() })
+	woken := false
+	var gone error
+	err := ps.rc.Read(func(fd uintptr) bool {
+		if ps.ready() {
+			return true
+		}
+		if woken && ps.ifIndex != 0 {
+			if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+				if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
+					gone = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
+					return true
+				}
+			}
+		}
+		woken = true
+		return false
+	})
+	if err != nil {
+		return err
+	}
+	return gone
 }
 
 // attachFilter sets the socket's classic BPF filter, replacing any other.

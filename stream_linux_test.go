@@ -706,3 +706,36 @@ func TestLargeOnLoopback(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+// TestInterfaceRemoved checks that a stream bound to an interface goes on
+// through the interface going down and up, and ends with an error naming
+// the interface when it is removed.
+func TestInterfaceRemoved(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.1/24")
+	s := openT(t, 0, Payload, WithInterface("in0"))
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("192.0.2.2").As4(), netip.MustParseAddr("192.0.2.1").As4()
+	ip(t, "link", "set", "in0", "down")
+	time.Sleep(50 * time.Millisecond)
+	ip(t, "link", "set", "in0", "up")
+	ip(t, "addr", "replace", "192.0.2.1/24", "dev", "in0")
+	in.send(t, h.udp(4000, s.Port(), []byte("after a flap")))
+	if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after a flap" {
+		t.Fatalf("got %q", p.Value)
+	}
+	ip(t, "link", "del", "in0")
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") {
+		t.Fatalf("want a final error saying the interface is gone, got %+v", p)
+	}
+	if _, ok := <-s.Packets(); ok {
+		t.Fatal("channel still open after the final error")
+	}
+	if err := s.Err(); err == nil || err.Error() != p.Err.Error() {
+		t.Fatalf("Err %v, want the final item's error %v", err, p.Err)
+	}
+}

@@ -123,7 +123,7 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 				if ctx.Err() != nil {
 					return nil
 				}
-				return fmt.Errorf("udpstream: waiting for packets: %w", err)
+				return fmt.Errorf("udpstream: receiving: %w", err)
 			}
 			continue
 		}
