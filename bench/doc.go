@@ -1,0 +1,61 @@
+// Command bench measures udpstream side by side with other ways of
+// receiving UDP on Linux, on the same traffic, in one run:
+//
+//	cd bench && go run .          # the full run (a few minutes)
+//	cd bench && go run . -quick   # a smoke run of a few thousand datagrams
+//
+// It never uses the host's network. It re-executes itself in a new network
+// namespace (and a new user namespace when it is not root, which grants it
+// CAP_NET_RAW there), brings loopback up in it, and sends only to 127.0.0.1
+// and ::1 inside it.
+//
+// A sender calling sendmmsg(2) directly, 64 datagrams a call, sends a
+// fixed number of datagrams at full rate to each receiver in turn. Every
+// receiver reads the same things of every datagram (source, destination
+// where it can, TTL or hop limit, the first and last byte of the payload)
+// and runs in a process of its own, so that its CPU time, user and
+// system, counted from its first datagram, is its own:
+//
+//   - net.UDPConn: ReadMsgUDPAddrPort on [::]:port with a reused buffer, no
+//     header access; the baseline of every ratio.
+//   - x/net-batch: golang.org/x/net/ipv4 and ipv6 PacketConns with TTL / hop
+//     limit and destination control messages, read with ReadBatch.
+//   - naive-packet: the design udpstream replaces, two AF_PACKET sockets
+//     (one per family) read with recvfrom into a fresh buffer per packet,
+//     port checked in user space, no kernel filter.
+//   - gopacket-afpacket: github.com/google/gopacket/afpacket, TPACKET_V3,
+//     with a classic BPF filter for the port built with golang.org/x/net/bpf.
+//   - udpstream: udpstream.Open with default options, ranging over the
+//     channel, with a decoder that copies nothing and touches the payload.
+//   - udpstream-copy: the same with the built-in udpstream.Payload decoder.
+//
+// The packet-socket receivers reserve the port with a UDP socket that never
+// queues data, as udpstream does, so the kernel sends no ICMP errors for any
+// receiver.
+//
+// Runs cross 64- and 1,400-byte payloads, IPv4 and IPv6, quiet and under a
+// flood (a second sender blasting another UDP port and a TCP stream to a
+// third, in the same namespace). Rounds are interleaved: each round goes
+// through every run, and within a run through every receiver, the order
+// rotated by one each round. Each round ends with a ping-pong phase: 1,000
+// round trips, one at a time, through a net.UDPConn echo server and a
+// udpstream server answering with Packet.Reply.
+//
+// For each receiver and run it prints delivered datagrams per second; loss
+// (sent less delivered); the receiver's CPU per delivered datagram and its
+// context switches per datagram (how often it went to sleep and had to be
+// woken); the CPU of the sending thread and the receiver together per
+// delivered datagram (on loopback the kernel's delivery work runs on the
+// sending thread, so this is nearly the traffic's whole cost, and it does
+// not depend on other load on the machine); and the whole machine's CPU per delivered
+// datagram, from /proc/stat over the run (every process: also other load
+// on the machine). Each figure's ratio to net.UDPConn's in the same round
+// follows it. Figures are medians over the rounds, ratios medians of the
+// per-round ratios. Absolute figures are noise on a shared machine;
+// ratios in one round are the result. Pass/fail lines for the project's
+// targets follow the table, and everything is written as JSON to
+// -json-out, each measurement with its raw counts and times.
+//
+// The receiver role takes -cpuprofile; -cpuprofile-dir DIR makes every
+// receiver process write one, named after its run, receiver and round.
+package main

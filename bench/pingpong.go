@@ -1,0 +1,290 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/udpstream/udpstream"
+)
+
+// The ping-pong servers, in table order; the first is the baseline.
+var pingServers = []string{recvUDPConn, recvUDPStream}
+
+// pingWarmup round trips precede the timed ones.
+const pingWarmup = 50
+
+// pingTimeout is how long the client waits for one answer.
+const pingTimeout = time.Second
+
+// maxAnswers bounds what an echo server answers, besides -max-time.
+const maxAnswers = 1 << 24
+
+// pingResult is one server's round trips in one family and round.
+type pingResult struct {
+	Server string `json:"server"`
+	Round  int    `json:"round"`
+	Trips  int    `json:"trips"` // timed round trips answered
+	Lost   int    `json:"lost"`
+	P50NS  int64  `json:"p50_ns"`
+	P99NS  int64  `json:"p99_ns"`
+	MinNS  int64  `json:"min_ns"`
+	MaxNS  int64  `json:"max_ns"`
+	Error  string `json:"error,omitempty"`
+}
+
+// pingReport is the ping-pong of one family over the rounds.
+type pingReport struct {
+	Family       int           `json:"family"`
+	Trips        int           `json:"trips"`
+	Summary      []pingSummary `json:"summary"`
+	Measurements []pingResult  `json:"measurements"`
+}
+
+// pingSummary is one server's ping-pong figures over the rounds.
+type pingSummary struct {
+	Server   string   `json:"server"`
+	Rounds   int      `json:"rounds"`
+	Lost     int      `json:"lost"`
+	P50NS    figure   `json:"p50_ns"`
+	P50Ratio figure   `json:"p50_ratio"`
+	P99NS    figure   `json:"p99_ns"`
+	P99Ratio figure   `json:"p99_ratio"`
+	Errors   []string `json:"errors,omitempty"`
+}
+
+func (p *pingReport) summarize() {
+	p.Summary = nil
+	byRound := map[int]map[string]*pingResult{}
+	for i := range p.Measurements {
+		m := &p.Measurements[i]
+		if m.Error != "" || m.Trips == 0 {
+			continue
+		}
+		if byRound[m.Round] == nil {
+			byRound[m.Round] = map[string]*pingResult{}
+		}
+		byRound[m.Round][m.Server] = m
+	}
+	for _, server := range pingServers {
+		s := pingSummary{Server: server}
+		var p50s, p99s, r50s, r99s []figure
+		for _, m := range p.Measurements {
+			if m.Server != server {
+				continue
+			}
+			if m.Error != "" {
+				s.Errors = append(s.Errors, fmt.Sprintf("round %d: %s", m.Round+1, m.Error))
+				continue
+			}
+			s.Rounds++
+			s.Lost += m.Lost
+			p50s = append(p50s, figure(m.P50NS))
+			p99s = append(p99s, figure(m.P99NS))
+			if base := byRound[m.Round][pingServers[0]]; base != nil {
+				r50s = append(r50s, ratio(float64(m.P50NS), float64(base.P50NS)))
+				r99s = append(r99s, ratio(float64(m.P99NS), float64(base.P99NS)))
+			}
+		}
+		s.P50NS, s.P99NS = median(p50s), median(p99s)
+		s.P50Ratio, s.P99Ratio = median(r50s), median(r99s)
+		p.Summary = append(p.Summary, s)
+	}
+}
+
+func (p *pingReport) summaryOf(server string) *pingSummary {
+	for i := range p.Summary {
+		if p.Summary[i].Server == server {
+			return &p.Summary[i]
+		}
+	}
+	return nil
+}
+
+// pingPong times round trips through one echo server.
+func (o *orchestrator) pingPong(family int, server string, round int) pingResult {
+	res := pingResult{Server: server, Round: round}
+	if err := o.pingPongInto(&res, family, server); err != nil {
+		res.Error = err.Error()
+	}
+	return res
+}
+
+func (o *orchestrator) pingPongInto(res *pingResult, family int, server string) (err error) {
+	port := o.cfg.port + 3
+	c, err := startChild(roleEcho, o.verbose,
+		"-server", server,
+		"-port", strconv.Itoa(port),
+		"-max-time", (o.cfg.timeout + 5*time.Second).String())
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if ferr := c.finish(5 * time.Second); err == nil {
+			err = ferr
+		}
+	}()
+	if err := c.ready(10 * time.Second); err != nil {
+		return err
+	}
+	rtts, lost, err := pingClient(netip.AddrPortFrom(loopback(family), uint16(port)), o.cfg.pingPong, time.Now().Add(o.cfg.timeout))
+	res.Lost, res.Trips = lost, len(rtts)
+	if len(rtts) > 0 {
+		slices.Sort(rtts)
+		at := func(q float64) int64 { return int64(rtts[min(len(rtts)-1, int(q*float64(len(rtts))))]) }
+		res.P50NS, res.P99NS = at(0.50), at(0.99)
+		res.MinNS, res.MaxNS = int64(rtts[0]), int64(rtts[len(rtts)-1])
+	}
+	return err
+}
+
+// pingClient sends 64-byte requests to dst one at a time, each waiting for
+// its answer (or pingTimeout), and returns the round-trip times of the
+// trips after the warm-up and how many went unanswered.
+func pingClient(dst netip.AddrPort, trips int, deadline time.Time) ([]time.Duration, int, error) {
+	conn, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(dst))
+	if err != nil {
+		return nil, 0, err
+	}
+	defer conn.Close()
+	req := make([]byte, 64)
+	resp := make([]byte, 2048)
+	rtts := make([]time.Duration, 0, trips)
+	lost := 0
+	for i := range pingWarmup + trips {
+		if time.Now().After(deadline) {
+			return rtts, lost, fmt.Errorf("deadline passed after %d round trips", i)
+		}
+		binary.BigEndian.PutUint64(req, uint64(i))
+		t0 := time.Now()
+		if _, err := conn.Write(req); err != nil {
+			return rtts, lost, err
+		}
+		if err := conn.SetReadDeadline(t0.Add(pingTimeout)); err != nil {
+			return rtts, lost, err
+		}
+		for {
+			n, err := conn.Read(resp)
+			if err != nil {
+				if errors.Is(err, os.ErrDeadlineExceeded) {
+					lost++
+					break
+				}
+				return rtts, lost, err
+			}
+			if n == len(req) && binary.BigEndian.Uint64(resp) == uint64(i) {
+				if i >= pingWarmup {
+					rtts = append(rtts, time.Since(t0))
+				}
+				break
+			}
+			// A late answer to an earlier request: keep waiting for ours.
+		}
+	}
+	return rtts, lost, nil
+}
+
+// echoMain is the echo role: a ping-pong server that answers each
+// datagram with its payload until its standard input closes or -max-time
+// passes. It says {"ready":true} once it listens.
+func echoMain(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	server := fs.String("server", recvUDPConn, "which server: "+fmt.Sprint(pingServers))
+	port := fs.Int("port", 0, "UDP port to answer on")
+	maxTime := fs.Duration("max-time", time.Minute, "stop after this long whatever happens")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *maxTime)
+	defer cancel()
+	go func() {
+		_, _ = io.Copy(io.Discard, os.Stdin)
+		cancel()
+	}()
+	var err error
+	switch *server {
+	case recvUDPConn:
+		err = echoUDPConn(ctx, *port, stdout)
+	case recvUDPStream:
+		err = echoUDPStream(ctx, *port, stdout)
+	default:
+		err = fmt.Errorf("unknown server %q", *server)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "bench echo: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func sayReady(w io.Writer) error {
+	return json.NewEncoder(w).Encode(map[string]bool{"ready": true})
+}
+
+// echoUDPConn answers from a dual-stack net.UDPConn on [::]:port.
+func echoUDPConn(ctx context.Context, port int, stdout io.Writer) error {
+	pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(port))
+	if err != nil {
+		return err
+	}
+	conn := pc.(*net.UDPConn)
+	defer conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(pastDeadline) })
+	defer stop()
+	if err := sayReady(stdout); err != nil {
+		return err
+	}
+	buf := make([]byte, 64<<10)
+	for range maxAnswers {
+		n, _, _, src, err := conn.ReadMsgUDPAddrPort(buf, nil)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		if _, err := conn.WriteToUDPAddrPort(buf[:n], src); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// echoUDPStream answers with Packet.Reply from a udpstream stream with
+// default options and the Payload decoder.
+func echoUDPStream(ctx context.Context, port int, stdout io.Writer) error {
+	s, err := udpstream.Open(ctx, uint16(port), udpstream.Payload)
+	if err != nil {
+		return err
+	}
+	defer s.Close()
+	if err := sayReady(stdout); err != nil {
+		return err
+	}
+	answered := 0
+	for p := range s.Packets() {
+		if p.Err != nil {
+			continue
+		}
+		if err := p.Reply(p.Value); err != nil {
+			return err
+		}
+		if answered++; answered == maxAnswers {
+			break
+		}
+	}
+	return s.Err()
+}

@@ -1,0 +1,166 @@
+//go:build linux
+
+package main
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"time"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// pastDeadline interrupts a read blocked in the runtime poller.
+var pastDeadline = time.Unix(1, 0)
+
+// endOfLoop reports whether err ends a receive loop as asked (a deadline
+// set by interrupt) rather than by failure.
+func endOfLoop(err error) bool { return errors.Is(err, os.ErrDeadlineExceeded) }
+
+// openUDPConn is the baseline: one dual-stack socket on [::]:port read with
+// ReadMsgUDPAddrPort into one reused buffer. It sees the source but no
+// header: neither the destination nor the TTL.
+func openUDPConn(c recvConfig, m *meter) (*session, error) {
+	pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(c.port))
+	if err != nil {
+		return nil, err
+	}
+	conn := pc.(*net.UDPConn)
+	l := m.newLane()
+	loop := func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, _, _, src, err := conn.ReadMsgUDPAddrPort(buf, nil)
+			if err != nil {
+				if !endOfLoop(err) {
+					l.fail(err)
+				}
+				return
+			}
+			if l.take(src, netip.Addr{}, 0, touch(buf[:n])) {
+				return
+			}
+		}
+	}
+	return &session{
+		loops:     []func(){loop},
+		interrupt: func() { _ = conn.SetReadDeadline(pastDeadline) },
+		close:     func() { conn.Close() },
+	}, nil
+}
+
+// batchSize is how many datagrams one recvmmsg call may return.
+const batchSize = 64
+
+// openXNetBatch receives with golang.org/x/net: an ipv4.PacketConn on
+// 0.0.0.0:port and an ipv6.PacketConn on [::]:port (IPv6 only), each asking
+// for the TTL or hop limit, the destination and the interface in control
+// messages, read in batches with ReadBatch (recvmmsg).
+func openXNetBatch(c recvConfig, m *meter) (*session, error) {
+	p := strconv.Itoa(c.port)
+	c4, err := net.ListenPacket("udp4", "0.0.0.0:"+p)
+	if err != nil {
+		return nil, err
+	}
+	c6, err := net.ListenPacket("udp6", "[::]:"+p)
+	if err != nil {
+		c4.Close()
+		return nil, err
+	}
+	s := &session{
+		interrupt: func() {
+			_ = c4.SetReadDeadline(pastDeadline)
+			_ = c6.SetReadDeadline(pastDeadline)
+		},
+		close: func() {
+			c4.Close()
+			c6.Close()
+		},
+	}
+	const flags4 = ipv4.FlagTTL | ipv4.FlagDst | ipv4.FlagInterface
+	const flags6 = ipv6.FlagHopLimit | ipv6.FlagDst | ipv6.FlagInterface
+	p4, p6 := ipv4.NewPacketConn(c4), ipv6.NewPacketConn(c6)
+	if err := p4.SetControlMessage(flags4, true); err != nil {
+		s.close()
+		return nil, err
+	}
+	if err := p6.SetControlMessage(flags6, true); err != nil {
+		s.close()
+		return nil, err
+	}
+
+	l4 := m.newLane()
+	loop4 := func() {
+		ms := newBatch(ipv4.NewControlMessage(flags4))
+		var cm ipv4.ControlMessage
+		for {
+			n, err := p4.ReadBatch(ms, 0)
+			if err != nil {
+				if !endOfLoop(err) {
+					l4.fail(err)
+				}
+				return
+			}
+			for i := range ms[:n] {
+				msg := &ms[i]
+				ua, ok := msg.Addr.(*net.UDPAddr)
+				if !ok || cm.Parse(msg.OOB[:msg.NN]) != nil {
+					l4.other++
+					continue
+				}
+				dst, _ := netip.AddrFromSlice(cm.Dst)
+				if l4.take(ua.AddrPort(), dst, uint8(cm.TTL), touch(msg.Buffers[0][:msg.N])) {
+					return
+				}
+			}
+		}
+	}
+	l6 := m.newLane()
+	loop6 := func() {
+		ms := newBatch(ipv6.NewControlMessage(flags6))
+		var cm ipv6.ControlMessage
+		for {
+			n, err := p6.ReadBatch(ms, 0)
+			if err != nil {
+				if !endOfLoop(err) {
+					l6.fail(err)
+				}
+				return
+			}
+			for i := range ms[:n] {
+				msg := &ms[i]
+				ua, ok := msg.Addr.(*net.UDPAddr)
+				if !ok || cm.Parse(msg.OOB[:msg.NN]) != nil {
+					l6.other++
+					continue
+				}
+				dst, _ := netip.AddrFromSlice(cm.Dst)
+				if l6.take(ua.AddrPort(), dst, uint8(cm.HopLimit), touch(msg.Buffers[0][:msg.N])) {
+					return
+				}
+			}
+		}
+	}
+	s.loops = []func(){loop4, loop6}
+	return s, nil
+}
+
+// batchBuffer is the payload buffer of each message of a batch: larger
+// than any datagram the bench sends, and not a power of two that would
+// put every buffer in the same cache sets.
+const batchBuffer = 2048 + 64
+
+// newBatch returns batchSize messages, each with its own payload buffer
+// and a control-message buffer the size of oob.
+func newBatch(oob []byte) []ipv4.Message {
+	ms := make([]ipv4.Message, batchSize)
+	for i := range ms {
+		ms[i].Buffers = [][]byte{make([]byte, batchBuffer)}
+		ms[i].OOB = make([]byte, len(oob))
+	}
+	return ms
+}

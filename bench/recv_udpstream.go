@@ -1,0 +1,59 @@
+//go:build linux
+
+package main
+
+import (
+	"context"
+
+	"github.com/udpstream/udpstream"
+)
+
+// touchDecoder reads the payload's first and last byte in place, in the
+// ring, and copies nothing.
+func touchDecoder(d *udpstream.Datagram) (uint16, error) {
+	return touch(d.Payload()), nil
+}
+
+// openUDPStream is udpstream with default options and a decoder that
+// copies nothing, consumed by ranging over the channel.
+func openUDPStream(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v })
+}
+
+// openUDPStreamCopy is udpstream with default options and the built-in
+// Payload decoder, which copies each payload into a new slice.
+func openUDPStreamCopy(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, udpstream.Payload, touch)
+}
+
+func openStream[T any](c recvConfig, m *meter, dec udpstream.Decoder[T], touched func(T) uint16) (*session, error) {
+	s, err := udpstream.Open(context.Background(), uint16(c.port), dec)
+	if err != nil {
+		return nil, err
+	}
+	l := m.newLane()
+	loop := func() {
+		for p := range s.Packets() {
+			if p.Err != nil {
+				l.other++
+				continue
+			}
+			if l.take(p.Header.Src, p.Header.Dst.Addr(), p.Header.TTL, touched(p.Value)) {
+				return
+			}
+		}
+	}
+	return &session{
+		loops:     []func(){loop},
+		interrupt: func() { _ = s.Close() },
+		close:     func() { _ = s.Close() },
+		extra: func() map[string]uint64 {
+			st := s.Stats()
+			return map[string]uint64{
+				"stream_delivered": st.Delivered,
+				"stream_dropped":   st.Dropped(),
+				"kernel_drops":     st.KernelDrops,
+			}
+		},
+	}, nil
+}
