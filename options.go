@@ -8,10 +8,10 @@ import (
 
 // Defaults for the options.
 const (
-	// DefaultBufferSize is the kernel receive ring per address family: 4 MiB
-	// holds 2,048 datagrams of up to 1,968 bytes each, several milliseconds
+	// DefaultBufferSize is the kernel receive ring per address family: 8 MiB
+	// holds 4,096 datagrams of up to 1,968 bytes each, several milliseconds
 	// of a saturated loopback.
-	DefaultBufferSize = 4 << 20
+	DefaultBufferSize = 8 << 20
 
 	// DefaultChannelCapacity is the capacity of the Packet channel.
 	DefaultChannelCapacity = 256

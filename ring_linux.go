@@ -39,11 +39,26 @@ const (
 )
 
 // packetSocket is one AF_PACKET socket with its receive ring.
+//
+// The socket itself is not on the runtime poller. The poller watches
+// sockets edge-triggered, and a packet socket with a V2 ring signals every
+// frame: a thread idle in epoll_wait would be woken for each datagram,
+// even while the receive goroutine is busy and needs no wakeup, which
+// costs more than the datagram itself. Instead the socket sits in a
+// private epoll instance with EPOLLONESHOT, armed only while the receive
+// goroutine waits, and that instance's fd is on the runtime poller, so
+// waiting and cancellation (a read deadline) work as for any Go file.
 type packetSocket struct {
 	fam     uint8
 	ifIndex int // the interface bound to; 0 for all
+	fd      int // the packet socket; closed by close
 	file    *os.File
-	rc      syscall.RawConn
+	rc      syscall.RawConn // of the private epoll instance
+	events  [1]unix.EpollEvent
+	arm     unix.EpollEvent
+	waitFn  func(uintptr) bool // ps.waitReady, made once: a method value allocates
+	armed   bool               // wait has armed the epoll instance
+	waitErr error
 	ring    []byte
 	frames  int
 	next    int    // the frame to read next
@@ -89,7 +104,8 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 	if err != nil {
 		return nil, 0, err
 	}
-	ps := &packetSocket{fam: fam, ifIndex: ifIndex}
+	ps := &packetSocket{fam: fam, ifIndex: ifIndex, fd: -1}
+	ps.waitFn = ps.waitReady
 	defer func() {
 		if err != nil && fd >= 0 {
 			if ps.ring != nil {
@@ -162,14 +178,27 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 		}
 	}
 
-	ps.file = os.NewFile(uintptr(fd), fmt.Sprintf("packet-ipv%d", fam))
-	fd = -1 // ps.file owns it now
-	rc, err := ps.file.SyscallConn()
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
+		return nil, 0, os.NewSyscallError("epoll_create1", err)
+	}
+	// Registered disarmed; wait arms it. Non-blocking before NewFile, so
+	// that the File goes on the runtime poller.
+	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd)}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		unix.Close(epfd)
+		return nil, 0, os.NewSyscallError("epoll_ctl", err)
+	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		return nil, 0, os.NewSyscallError("fcntl", err)
+	}
+	ps.fd, fd = fd, -1 // ps owns it now
+	ps.file = os.NewFile(uintptr(epfd), fmt.Sprintf("packet-ipv%d-epoll", fam))
+	if ps.rc, err = ps.file.SyscallConn(); err != nil {
 		ps.close()
 		return nil, 0, err
 	}
-	ps.rc = rc
 	return ps, group, nil
 }
 
@@ -211,12 +240,8 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 		if ps.big == nil {
 			ps.big = make([]byte, bigBufSize)
 		}
-		var got int
-		var rerr error
-		cerr := ps.rc.Control(func(fd uintptr) {
-			got, rerr = unix.Read(int(fd), ps.big)
-		})
-		if cerr != nil || rerr != nil || got != n {
+		got, err := unix.Read(ps.fd, ps.big)
+		if err != nil || got != n {
 			return nil, true, losing, true
 		}
 		return ps.big[:got], false, losing, true
@@ -243,27 +268,45 @@ func (ps *packetSocket) release() {
 // receives again once it is back up, so that is not fatal; but an
 // interface that was removed never comes back, and wait says so.
 func (ps *packetSocket) wait() error {
-	woken := false
-	var gone error
-	err := ps.rc.Read(func(fd uintptr) bool {
-		if ps.ready() {
-			return true
-		}
-		if woken && ps.ifIndex != 0 {
-			if e, _ := unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
-				if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
-					gone = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
-					return true
-				}
-			}
-		}
-		woken = true
-		return false
-	})
-	if err != nil {
+	ps.armed, ps.waitErr = false, nil
+	if err := ps.rc.Read(ps.waitFn); err != nil {
 		return err
 	}
-	return gone
+	return ps.waitErr
+}
+
+// waitReady is the poller callback of wait: it reports whether wait is
+// over, arming the private epoll instance when it is not.
+func (ps *packetSocket) waitReady(epfd uintptr) bool {
+	if ps.armed {
+		// Take the one-shot event off the private instance, so that it
+		// stops being readable.
+		for {
+			if _, err := unix.EpollWait(int(epfd), ps.events[:], 0); err != unix.EINTR {
+				break
+			}
+		}
+	}
+	if ps.ready() {
+		return true
+	}
+	if ps.armed && ps.ifIndex != 0 {
+		if e, _ := unix.GetsockoptInt(ps.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+			if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
+				ps.waitErr = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
+				return true
+			}
+		}
+	}
+	// Arming polls the socket: a frame that arrived since the check above
+	// still raises the event.
+	ps.arm = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(ps.fd)}
+	if err := unix.EpollCtl(int(epfd), unix.EPOLL_CTL_MOD, ps.fd, &ps.arm); err != nil {
+		ps.waitErr = os.NewSyscallError("epoll_ctl", err)
+		return true
+	}
+	ps.armed = true
+	return false
 }
 
 // attachFilter sets the socket's classic BPF filter, replacing any other.
@@ -295,13 +338,11 @@ func joinFanout(fd, id int) (int, error) {
 // kernelDrops reads and resets the kernel's count of frames it dropped
 // because the ring was full.
 func (ps *packetSocket) kernelDrops() uint64 {
-	var drops uint64
-	_ = ps.rc.Control(func(fd uintptr) {
-		if st, err := unix.GetsockoptTpacketStats(int(fd), unix.SOL_PACKET, unix.PACKET_STATISTICS); err == nil {
-			drops = uint64(st.Drops)
-		}
-	})
-	return drops
+	st, err := unix.GetsockoptTpacketStats(ps.fd, unix.SOL_PACKET, unix.PACKET_STATISTICS)
+	if err != nil {
+		return 0
+	}
+	return uint64(st.Drops)
 }
 
 // close releases the ring and the socket. No goroutine may use ps after.
@@ -313,5 +354,9 @@ func (ps *packetSocket) close() {
 	if ps.file != nil {
 		ps.file.Close()
 		ps.file = nil
+	}
+	if ps.fd >= 0 {
+		unix.Close(ps.fd)
+		ps.fd = -1
 	}
 }

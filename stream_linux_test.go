@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"syscall"
@@ -746,5 +747,39 @@ func TestInterfaceRemoved(t *testing.T) {
 	}
 	if err := s.Err(); err == nil || err.Error() != p.Err.Error() {
 		t.Fatalf("Err %v, want the final item's error %v", err, p.Err)
+	}
+}
+
+// TestStreamAllocs counts heap allocations in the whole process per
+// datagram, received one at a time (so that the receive goroutine waits
+// in the poller for every one) with a decoder that copies nothing.
+func TestStreamAllocs(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	s := openT(t, 0, HeaderOnly, WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Port())
+	payload := make([]byte, 64)
+	exchange := func(n int) {
+		for range n {
+			if _, err := c.WriteToUDPAddrPort(payload, dst); err != nil {
+				t.Fatal(err)
+			}
+			if p := <-s.Packets(); p.Err != nil {
+				t.Fatal(p.Err)
+			}
+		}
+	}
+	exchange(100) // warm up
+	const n = 2000
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	exchange(n)
+	runtime.ReadMemStats(&after)
+	per := float64(after.Mallocs-before.Mallocs) / n
+	t.Logf("%.3f allocations per datagram", per)
+	if per > 0.05 {
+		t.Fatalf("%.3f allocations per datagram, want none in the library's path", per)
 	}
 }
