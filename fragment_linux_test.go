@@ -54,9 +54,14 @@ func TestFragmentedByKernel(t *testing.T) {
 	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "fr0", "nodad")
 	s := openT(t, 0, Payload)
 	wait := startPeer(t, "fr1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
-	wait()
-	for range 2 * len(sizes) {
-		p := recvOne(t, s.Packets(), 5*time.Second)
+	defer wait()
+	for i := range 2 * len(sizes) {
+		var p Packet[[]byte]
+		select {
+		case p = <-s.Packets():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("datagram %d of %d did not arrive; stats %+v", i+1, 2*len(sizes), s.Stats())
+		}
 		if p.Err != nil {
 			t.Fatalf("error: %v", p.Err)
 		}

@@ -91,17 +91,35 @@ func (w *addrWatcher) watch() error {
 
 func (w *addrWatcher) close() { w.file.Close() }
 
-// dumpAddrs lists the host's addresses with RTM_GETADDR.
+// dumpAddrs lists the host's addresses with RTM_GETADDR. A dump that ran
+// while addresses or links changed may have skipped some (the kernel marks
+// it NLM_F_DUMP_INTR): it is taken again.
 func dumpAddrs() (*addrSet, error) {
-	rib, err := syscall.NetlinkRIB(syscall.RTM_GETADDR, syscall.AF_UNSPEC)
-	if err != nil {
-		return nil, os.NewSyscallError("netlink RTM_GETADDR", err)
+	for range 10 {
+		rib, err := syscall.NetlinkRIB(syscall.RTM_GETADDR, syscall.AF_UNSPEC)
+		if err != nil {
+			return nil, os.NewSyscallError("netlink RTM_GETADDR", err)
+		}
+		msgs, err := syscall.ParseNetlinkMessage(rib)
+		if err != nil {
+			return nil, os.NewSyscallError("netlink parse", err)
+		}
+		if set, ok := parseAddrs(msgs); ok {
+			return set, nil
+		}
 	}
-	msgs, err := syscall.ParseNetlinkMessage(rib)
-	if err != nil {
-		return nil, os.NewSyscallError("netlink parse", err)
-	}
+	return nil, errors.New("udpstream: local addresses kept changing during every netlink dump")
+}
+
+// parseAddrs builds an address set from a dump, reporting false if the
+// dump was interrupted.
+func parseAddrs(msgs []syscall.NetlinkMessage) (*addrSet, bool) {
 	set := &addrSet{exact: map[netip.Addr]struct{}{}}
+	for i := range msgs {
+		if msgs[i].Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+			return nil, false
+		}
+	}
 	for i := range msgs {
 		m := &msgs[i]
 		if m.Header.Type != syscall.RTM_NEWADDR || len(m.Data) < unix.SizeofIfAddrmsg {
@@ -154,7 +172,7 @@ func dumpAddrs() (*addrSet, error) {
 			}
 		}
 	}
-	return set, nil
+	return set, true
 }
 
 // lastAddr returns the highest address of an IPv4 prefix: its broadcast.

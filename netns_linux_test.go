@@ -3,6 +3,7 @@ package udpstream
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -219,12 +220,19 @@ func startPeer(t *testing.T, ifname string, env ...string) (wait func() string) 
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: syscall.CLONE_NEWNET}
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out
+	// The peer lives until its standard input closes: its namespace, and
+	// with it the link, goes when it exits.
+	stay, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("starting peer: %v", err)
 	}
 	ip(t, "link", "set", ifname, "netns", fmt.Sprint(cmd.Process.Pid))
 	return func() string {
 		t.Helper()
+		stay.Close()
 		err := cmd.Wait()
 		if err != nil || !bytes.Contains(out.Bytes(), []byte("--- PASS: "+t.Name())) {
 			t.Fatalf("peer failed: %v\n%s", err, out.String())
@@ -234,9 +242,11 @@ func startPeer(t *testing.T, ifname string, env ...string) (wait func() string) 
 }
 
 // peerInterface waits in the peer for its interface to arrive, brings it
-// and loopback up, and returns it.
+// and loopback up, and returns it. The peer then stays, once its test body
+// is done, until the test that started it lets it go.
 func peerInterface(t *testing.T) *net.Interface {
 	t.Helper()
+	t.Cleanup(func() { io.Copy(io.Discard, os.Stdin) })
 	name := os.Getenv("UDPSTREAM_PEER_IF")
 	deadline := time.Now().Add(5 * time.Second)
 	for {
