@@ -175,25 +175,37 @@ func WithAnyDestination() Option {
 }
 
 // WithReassembly sets the limits of IP fragment reassembly: how long a
-// datagram may take to arrive whole from its first fragment, the memory
-// all datagrams in reassembly may hold, the fragments one datagram may
-// have, and the datagrams one source may have in reassembly at once.
-// Datagrams over a limit are dropped and counted in Stats.
+// datagram may take to arrive whole from its first fragment (default
+// DefaultReassemblyTimeout), the memory all datagrams in reassembly may
+// hold (DefaultReassemblyMemory), the fragments one datagram may have
+// (DefaultMaxFragments), and the datagrams one source may have in
+// reassembly at once (DefaultMaxPerSource). A zero argument keeps its
+// default. Datagrams over a limit are dropped and counted in Stats.
 func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource int) Option {
 	return Option{func(c *config) error {
 		switch {
-		case timeout <= 0:
+		case timeout < 0:
 			return optionErr("reassembly timeout %v: must be positive", timeout)
-		case memory < 128<<10:
+		case memory != 0 && memory < 128<<10:
 			// A largest datagram and its bookkeeping need about 67 KiB.
 			return optionErr("reassembly memory %d: want at least 128 KiB", memory)
-		case maxFragments < 2:
+		case maxFragments != 0 && maxFragments < 2:
 			return optionErr("reassembly fragments %d: want at least 2", maxFragments)
-		case maxPerSource < 1:
+		case maxPerSource < 0:
 			return optionErr("reassembly datagrams per source %d: want at least 1", maxPerSource)
 		}
-		c.reasmTimeout, c.reasmMemory = timeout, memory
-		c.reasmFragments, c.reasmPerSource = maxFragments, maxPerSource
+		if timeout != 0 {
+			c.reasmTimeout = timeout
+		}
+		if memory != 0 {
+			c.reasmMemory = memory
+		}
+		if maxFragments != 0 {
+			c.reasmFragments = maxFragments
+		}
+		if maxPerSource != 0 {
+			c.reasmPerSource = maxPerSource
+		}
 		return nil
 	}}
 }

@@ -611,7 +611,10 @@ func TestOptionErrors(t *testing.T) {
 		{[]Option{WithChannelCapacity(-1)}, "channel capacity"},
 		{[]Option{WithInterface("")}, "interface"},
 		{[]Option{WithInterfaceIndex(0)}, "interface index"},
-		{[]Option{WithReassembly(0, 1<<20, 4, 4)}, "timeout"},
+		{[]Option{WithReassembly(-time.Second, 0, 0, 0)}, "timeout"},
+		{[]Option{WithReassembly(0, 1000, 0, 0)}, "memory"},
+		{[]Option{WithReassembly(0, 0, 1, 0)}, "fragments"},
+		{[]Option{WithReassembly(0, 0, 0, -1)}, "per source"},
 		{[]Option{{}}, "zero Option"},
 		{[]Option{WithMonitor()}, "monitor"}, // port 0 in monitor mode
 	}
