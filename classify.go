@@ -24,10 +24,8 @@ const (
 	dropUnsupported   // jumbogram, ESP, AH, routing header in transit, ...
 
 	// Reasons decided by the stream rather than by the parser.
-	dropNotLocal  // destination is not an address of this host
-	dropOtherHost // PACKET_OTHERHOST: addressed to another host's MAC
-	dropOutgoing  // PACKET_OUTGOING: a copy of a packet this host sent
-	dropTooLong   // larger than the receive buffer could hold
+	dropNotLocal // destination is not an address of this host
+	dropTooLong  // larger than the receive buffer could hold
 	dropFragOverlap
 	dropFragTimeout
 	dropFragEvicted // reassembly limits: memory, per-source, fragment count

@@ -2,6 +2,7 @@ package udpstream
 
 import (
 	"net/netip"
+	"slices"
 	"sync/atomic"
 )
 
@@ -13,6 +14,32 @@ type addrSet struct {
 	// prefixes holds the prefixes of host-scope addresses: Linux treats a
 	// whole loopback prefix such as 127.0.0.0/8 as local.
 	prefixes []netip.Prefix
+	// loopbacks holds the indexes of the interfaces with host-scope
+	// addresses: loopback addresses are local only on them.
+	loopbacks []int
+	// broadcasts holds the subnet broadcast addresses (also in exact).
+	broadcasts []netip.Addr
+}
+
+// unicast reports whether a is a unicast address of this host, one a
+// datagram can be sent from: not multicast, not a broadcast address.
+func (l *localAddrs) unicast(a netip.Addr) bool {
+	if !a.IsValid() || a.IsMulticast() || a == limitedBroadcast {
+		return false
+	}
+	return l == nil || !slices.Contains(l.cur.Load().broadcastList(), a)
+}
+
+func (s *addrSet) broadcastList() []netip.Addr {
+	if s == nil {
+		return nil
+	}
+	return s.broadcasts
+}
+
+// onLoopback reports whether interface ifIndex is a loopback interface.
+func (s *addrSet) onLoopback(ifIndex int) bool {
+	return s != nil && slices.Contains(s.loopbacks, ifIndex)
 }
 
 func (s *addrSet) has(a netip.Addr) bool {

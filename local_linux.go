@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -148,6 +149,7 @@ func parseAddrs(msgs []syscall.NetlinkMessage) (*addrSet, bool) {
 				address = ip
 			case unix.IFA_BROADCAST:
 				set.exact[ip] = struct{}{}
+				set.broadcasts = append(set.broadcasts, ip)
 			}
 		}
 		// IFA_LOCAL is the local end of a point-to-point link, where
@@ -164,11 +166,15 @@ func parseAddrs(msgs []syscall.NetlinkMessage) (*addrSet, bool) {
 			// primary address, whether or not a broadcast was given.
 			if p, err := local.Prefix(int(ifa.Prefixlen)); err == nil {
 				set.exact[lastAddr(p)] = struct{}{}
+				set.broadcasts = append(set.broadcasts, lastAddr(p))
 			}
 		}
 		if ifa.Scope == unix.RT_SCOPE_HOST {
 			if p, err := local.Prefix(int(ifa.Prefixlen)); err == nil {
 				set.prefixes = append(set.prefixes, p)
+			}
+			if !slices.Contains(set.loopbacks, int(ifa.Index)) {
+				set.loopbacks = append(set.loopbacks, int(ifa.Index))
 			}
 		}
 	}

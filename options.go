@@ -74,10 +74,12 @@ type Option struct {
 	apply func(*config) error
 }
 
-var errOption = errors.New("udpstream: invalid option")
+// ErrOption is wrapped by the errors Listen and Open return for a bad
+// option value, and by sending with bad SendOptions.
+var ErrOption = errors.New("udpstream: invalid option")
 
 func optionErr(format string, args ...any) error {
-	return fmt.Errorf("%w: "+format, append([]any{errOption}, args...)...)
+	return fmt.Errorf("%w: "+format, append([]any{ErrOption}, args...)...)
 }
 
 // WithInterface receives only datagrams that arrive on the named interface
@@ -164,9 +166,10 @@ func WithMonitor() Option {
 }
 
 // WithAnyDestination delivers datagrams whatever their destination
-// address, including multicast and addresses of other hosts (such as
-// frames seen in promiscuous mode). By default only datagrams the kernel
-// would deliver to a socket bound to the unspecified address are.
+// address, including multicast groups and addresses of other hosts (such as
+// frames seen in promiscuous mode). By default only datagrams to a unicast
+// or broadcast address of this host are delivered, as the kernel would to a
+// socket bound to the unspecified address that has joined no group.
 func WithAnyDestination() Option {
 	return Option{func(c *config) error {
 		c.anyDestination = true

@@ -7,8 +7,11 @@ import (
 	"time"
 )
 
-// Errors returned by Listen and carried by Packet.Err. Compare with
-// errors.Is: the values returned wrap these with detail.
+// Errors of the stream's datagrams, compared with errors.Is. Packet.Err
+// carries ErrNotDestPort (with WithPortErrors) and ErrDecoderPanic; the
+// other three name kinds of packet the stream drops and counts in Stats
+// (TooLong, Malformed, BadIPChecksum, BadUDPChecksum, ZeroUDPChecksum)
+// rather than delivers.
 var (
 	// ErrNotDestPort marks a well-formed UDP datagram addressed to a port
 	// other than the listened one. It reaches the channel only with

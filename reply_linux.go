@@ -15,8 +15,9 @@ import (
 // TTL and TOS per datagram, so one socket serves every address and both
 // families.
 type sender struct {
-	conn *net.UDPConn
-	def  SendOptions
+	conn  *net.UDPConn
+	def   SendOptions
+	local *localAddrs // to tell the host's unicast addresses from broadcasts
 }
 
 // oobPool holds control-message buffers, so a reply allocates nothing.
@@ -31,14 +32,25 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 	defer oobPool.Put(buf)
 	oob := buf[:0]
 	src = src.Unmap()
+	if !tx.local.unicast(src) {
+		// A datagram that came to a broadcast or multicast address is
+		// answered from the interface's own address, which the kernel
+		// picks; the reply leaves by the interface it came in on.
+		src = netip.Addr{}
+	} else if !src.IsLinkLocalUnicast() && !dst.Addr().IsLinkLocalUnicast() {
+		ifIndex = 0 // the routing table chooses, as for any reply
+	}
 	if dst.Addr().Unmap().Is4() {
 		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())
-		if src.Is4() {
+		if src.Is4() || ifIndex != 0 {
 			var d []byte
 			oob, d = appendCmsg(oob, unix.IPPROTO_IP, unix.IP_PKTINFO, unix.SizeofInet4Pktinfo)
 			// in_pktinfo: ifindex, then the source (spec_dst), then addr.
-			a := src.As4()
-			copy(d[4:8], a[:])
+			binary.NativeEndian.PutUint32(d[0:4], uint32(ifIndex))
+			if src.Is4() {
+				a := src.As4()
+				copy(d[4:8], a[:])
+			}
 		}
 		if o.TTL != 0 {
 			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TTL, o.TTL)
@@ -55,11 +67,9 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 				a := src.As16()
 				copy(d[:16], a[:])
 			}
-			if ifIndex != 0 && (src.IsLinkLocalUnicast() || dst.Addr().IsLinkLocalUnicast()) {
-				// A link-local address means something only on its link:
-				// leave by the interface the datagram came in on.
-				binary.NativeEndian.PutUint32(d[16:], uint32(ifIndex))
-			}
+			// Set for link-local and multicast answers, which mean
+			// something only on the link the datagram came in on.
+			binary.NativeEndian.PutUint32(d[16:], uint32(ifIndex))
 		}
 		if o.TTL != 0 {
 			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT, o.TTL)

@@ -247,3 +247,40 @@ func TestReplyAllocs(t *testing.T) {
 		}
 	}
 }
+
+// TestReplyToBroadcast answers a datagram sent to the subnet broadcast
+// address: the reply comes from the interface's own address.
+func TestReplyToBroadcast(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.1/24")
+	s := openT(t, 0, Payload, WithNetwork("udp4"))
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A broadcast from a peer on the link, to which the reply must go.
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("192.0.2.1").As4(), netip.MustParseAddr("192.0.2.255").As4()
+	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	in.send(t, h.udp(cport, s.Port(), []byte("anyone?")))
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if p.Header.Dst.Addr() != netip.MustParseAddr("192.0.2.255") {
+		t.Fatalf("destination %v", p.Header.Dst)
+	}
+	if err := p.Reply([]byte("here")); err != nil {
+		t.Fatalf("reply to a broadcast: %v", err)
+	}
+	buf := make([]byte, 100)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "here" {
+		t.Fatalf("reply %q %v", buf[:n], err)
+	}
+	if from.Addr() != netip.MustParseAddr("192.0.2.1") || from.Port() != s.Port() {
+		t.Fatalf("reply from %v, want 192.0.2.1:%d", from, s.Port())
+	}
+}

@@ -34,7 +34,6 @@ const (
 	tpSec     = 16
 	tpNsec    = 20
 	sllIfIdx  = 32 + 4
-	sllPkt    = 32 + 10
 	frameHdr  = 32 + 20
 )
 
@@ -230,7 +229,6 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 	m.sec = binary.NativeEndian.Uint32(f[tpSec:])
 	m.nsec = binary.NativeEndian.Uint32(f[tpNsec:])
 	m.ifIndex = int(int32(binary.NativeEndian.Uint32(f[sllIfIdx:])))
-	m.pktType = f[sllPkt]
 	m.vouched = st&(unix.TP_STATUS_CSUMNOTREADY|unix.TP_STATUS_CSUM_VALID) != 0
 	losing = st&unix.TP_STATUS_LOSING != 0
 

@@ -102,7 +102,7 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 		sys:    sys,
 	}
 	if sys.reserve != nil {
-		s.tx = &sender{conn: sys.reserve, def: cfg.send}
+		s.tx = &sender{conn: sys.reserve, def: cfg.send, local: sys.local}
 	}
 	s.reasm = newReassembler(reassemblyConfig{
 		timeout:      cfg.reasmTimeout,
@@ -127,10 +127,9 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 }
 
 // run supervises the receive goroutines and closes the channel, exactly
-// once, after all of them have returned. The kernel resources are released
-// after that (closing a packet socket waits for an RCU grace period, which
-// a consumer waiting for the channel to close need not wait for); Close
-// and Done wait for the release too.
+// once, after all of them have returned and the stream's sockets and rings
+// are released: a program that restarts a stream on the same port as soon
+// as the channel closes finds the port free.
 func (s *Stream[T]) run(ctx context.Context) {
 	err := s.sys.run(ctx, func(i int) func(context.Context) error {
 		h := s.handlers[i]
@@ -149,11 +148,11 @@ func (s *Stream[T]) run(ctx context.Context) {
 	if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 		err = nil
 	}
+	s.sys.close()
 	s.err = err
 	s.ended.Store(true)
 	s.cancel()
 	close(s.ch)
-	s.sys.close()
 	close(s.done)
 }
 
@@ -176,7 +175,7 @@ func (s *Stream[T]) Err() error {
 }
 
 // Close ends the stream, as cancelling its context does, and waits until
-// its channel is closed and its sockets and ring memory are released. Packets already in the
+// its sockets and ring memory are released and its channel is closed. Packets already in the
 // channel stay readable. Close is idempotent and safe to call from any
 // goroutine; it returns nil.
 func (s *Stream[T]) Close() error {
@@ -205,11 +204,16 @@ func (s *Stream[T]) Stats() Stats {
 	return st
 }
 
-// Stats counts what a stream has seen. Every datagram that passed the
-// kernel filter is counted exactly once: delivered, reported as a decoder
-// error, or dropped for one reason. Traffic the kernel filter rejects
-// (other protocols and, without WithPortErrors, other ports) never reaches
-// the stream and is not counted.
+// Stats counts what a stream has seen. Every unfragmented datagram that
+// passed the kernel filter is counted exactly once: delivered, reported as
+// a decoder error, or dropped for one reason. A fragmented one is counted
+// once when it is delivered or dropped whole; a fragment dropped on its own
+// (a bad IPv4 header checksum, say) counts where it fell, and its datagram
+// may later count again as a reassembly timeout. Traffic the kernel filter
+// rejects never reaches the stream and is not counted: other protocols,
+// other ports (without WithPortErrors), copies of outgoing packets, and
+// frames addressed to other hosts' link addresses (without
+// WithAnyDestination).
 type Stats struct {
 	// Delivered counts datagrams sent on the channel with a nil Err,
 	// including those still in its buffer.
@@ -229,8 +233,6 @@ type Stats struct {
 	ZeroUDPChecksum uint64 `json:"zero_udp_checksum"`
 	Unsupported     uint64 `json:"unsupported"`
 	NotLocal        uint64 `json:"not_local"`
-	OtherHost       uint64 `json:"other_host"`
-	Outgoing        uint64 `json:"outgoing"`
 	TooLong         uint64 `json:"too_long"`
 	FragOverlap     uint64 `json:"frag_overlap"`
 	FragTimeout     uint64 `json:"frag_timeout"`
@@ -244,7 +246,7 @@ type Stats struct {
 func (s Stats) Dropped() uint64 {
 	return s.OtherPort + s.NotIP + s.NotUDP + s.Malformed + s.BadIPChecksum +
 		s.BadUDPChecksum + s.ZeroUDPChecksum + s.Unsupported + s.NotLocal +
-		s.OtherHost + s.Outgoing + s.TooLong + s.FragOverlap + s.FragTimeout +
+		s.TooLong + s.FragOverlap + s.FragTimeout +
 		s.FragEvicted + s.KernelDrops
 }
 
@@ -270,10 +272,6 @@ func (s *Stats) field(v verdict) *uint64 {
 		return &s.Unsupported
 	case dropNotLocal:
 		return &s.NotLocal
-	case dropOtherHost:
-		return &s.OtherHost
-	case dropOutgoing:
-		return &s.Outgoing
 	case dropTooLong:
 		return &s.TooLong
 	case dropFragOverlap:
@@ -312,21 +310,10 @@ func (c *counters) addTo(s *Stats) {
 // frameMeta is what the kernel says about a frame besides its bytes.
 type frameMeta struct {
 	ifIndex int
-	pktType uint8
 	vouched bool // checksum validated by the kernel, or not yet computed
 	sec     uint32
 	nsec    uint32
 }
-
-// Link-layer packet types (linux/if_packet.h), used by the portable
-// handler to judge frames.
-const (
-	pktHost      = 0
-	pktBroadcast = 1
-	pktMulticast = 2
-	pktOtherHost = 3
-	pktOutgoing  = 4
-)
 
 // handler turns the frames of one receive goroutine into Packets.
 type handler[T any] struct {
@@ -350,16 +337,6 @@ type handler[T any] struct {
 // handle processes one frame. It blocks while the channel is full and
 // returns an error only when ctx is done.
 func (h *handler[T]) handle(ctx context.Context, frame []byte, m *frameMeta) error {
-	switch m.pktType {
-	case pktOutgoing:
-		h.counts.drops[dropOutgoing].Add(1)
-		return nil
-	case pktOtherHost:
-		if !h.cfg.anyDestination {
-			h.counts.drops[dropOtherHost].Add(1)
-			return nil
-		}
-	}
 	var flags classifyFlags
 	if m.vouched {
 		flags |= flagChecksumVouched
@@ -402,7 +379,7 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 		h.counts.drops[v].Add(1)
 		return nil
 	}
-	if !h.cfg.anyDestination && !h.isLocal(h.p.Dst.Addr()) {
+	if !h.cfg.anyDestination && !h.isLocal(h.p.Src.Addr(), h.p.Dst.Addr(), m.ifIndex) {
 		h.counts.drops[dropNotLocal].Add(1)
 		return nil
 	}
@@ -461,11 +438,18 @@ func (h *handler[T]) send(ctx context.Context) error {
 	}
 }
 
-// isLocal reports whether a is an address of this host. Most traffic goes
-// to one address, so the last answer is remembered for as long as the
-// address set it came from is current.
-func (h *handler[T]) isLocal(a netip.Addr) bool {
-	if set := h.local.cur.Load(); set != nil && set == h.lastSet && a == h.lastLocal {
+// isLocal reports whether the kernel would deliver a datagram from src to
+// a, arriving on interface ifIndex, to a local socket: a must be an
+// address of this host, and loopback addresses, as source or destination,
+// count only on a loopback interface (elsewhere the kernel drops them as
+// martians). Most traffic goes to one address, so the last answer is
+// remembered for as long as the address set it came from is current.
+func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
+	set := h.local.cur.Load()
+	if (a.IsLoopback() || src.IsLoopback()) && !set.onLoopback(ifIndex) {
+		return false
+	}
+	if set != nil && set == h.lastSet && a == h.lastLocal {
 		return true
 	}
 	set, ok := h.local.lookup(a)

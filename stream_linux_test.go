@@ -336,12 +336,15 @@ func TestDestinationNotLocal(t *testing.T) {
 		in.send(t, h.udp(4000, s.Port(), []byte(payload)))
 	}
 	send4("192.0.2.77", "not local")
+	send4("127.0.0.1", "loopback from the wire")
 	send4("239.1.2.3", "multicast")
 	send4("192.0.2.255", "subnet broadcast")
 	send4("192.0.2.10", "local")
 	h6 := v6()
 	h6.src, h6.dst = netip.MustParseAddr("2001:db8::99").As16(), netip.MustParseAddr("2001:db8::77").As16()
 	in.send(t, h6.udp(4000, s.Port(), []byte("not local 6")))
+	h6.dst = netip.IPv6Loopback().As16()
+	in.send(t, h6.udp(4000, s.Port(), []byte("::1 from the wire")))
 	h6.dst = netip.MustParseAddr("2001:db8::10").As16()
 	in.send(t, h6.udp(4000, s.Port(), []byte("local 6")))
 
@@ -356,16 +359,16 @@ func TestDestinationNotLocal(t *testing.T) {
 			t.Errorf("delivered %q", g)
 		}
 	}
-	if st := s.Stats(); st.NotLocal != 3 || st.Delivered != 3 {
-		t.Errorf("stats %+v, want 3 not local and 3 delivered", st)
+	if st := s.Stats(); st.NotLocal != 5 || st.Delivered != 3 {
+		t.Errorf("stats %+v, want 5 not local and 3 delivered", st)
 	}
 	n := 0
-	for range 6 {
+	for range 8 {
 		recvOne(t, anyDst.Packets(), 2*time.Second)
 		n++
 	}
-	if n != 6 {
-		t.Fatalf("any-destination stream got %d of 6", n)
+	if n != 8 {
+		t.Fatalf("any-destination stream got %d of 8", n)
 	}
 }
 
@@ -620,8 +623,8 @@ func TestOptionErrors(t *testing.T) {
 	}
 	for _, c := range cases {
 		_, err := Open(ctx, 0, Payload, c.opts...)
-		if err == nil || !strings.Contains(err.Error(), c.want) {
-			t.Errorf("options %v: error %v, want one mentioning %q", c.want, err, c.want)
+		if err == nil || !strings.Contains(err.Error(), c.want) || !errors.Is(err, ErrOption) {
+			t.Errorf("options %v: error %v, want an ErrOption mentioning %q", c.want, err, c.want)
 		}
 	}
 	if _, err := Open[[]byte](ctx, 0, nil); err == nil {
@@ -784,5 +787,26 @@ func TestStreamAllocs(t *testing.T) {
 	t.Logf("%.3f allocations per datagram", per)
 	if per > 0.05 {
 		t.Fatalf("%.3f allocations per datagram, want none in the library's path", per)
+	}
+}
+
+// TestRestartSamePort checks that the port is free as soon as the channel
+// of a cancelled stream is closed.
+func TestRestartSamePort(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	var port uint16
+	for i := range 20 {
+		ctx, cancel := context.WithCancel(context.Background())
+		s, err := Open(ctx, port, HeaderOnly)
+		if err != nil {
+			t.Fatalf("cycle %d: Open on port %d: %v", i, port, err)
+		}
+		port = s.Port()
+		cancel()
+		for range s.Packets() {
+		}
 	}
 }

@@ -13,7 +13,7 @@ func testHandler[T any](dec Decoder[T], out chan Packet[T]) *handler[T] {
 	la.cur.Store(&addrSet{exact: map[netip.Addr]struct{}{
 		netip.AddrFrom4(dst4):  {},
 		netip.AddrFrom16(dst6): {},
-	}})
+	}, loopbacks: []int{1}})
 	cfg := defaultConfig()
 	return &handler[T]{
 		out:   out,

@@ -23,8 +23,9 @@ type system struct {
 type packetSocket struct{}
 
 type sender struct {
-	conn any
-	def  SendOptions
+	conn  any
+	def   SendOptions
+	local *localAddrs
 }
 
 func (*sender) send([]byte, netip.Addr, netip.AddrPort, int, SendOptions) error {

@@ -12,6 +12,10 @@ import (
 	"github.com/udpstream/udpstream"
 )
 
+// jsonTime is RFC 3339 with nanoseconds, always nine digits, so that every
+// line's time has the same width.
+const jsonTime = "2006-01-02T15:04:05.000000000Z07:00"
+
 // printer writes one line per packet, in one Write each, so that a reader
 // of a pipe sees every line as soon as the datagram arrived.
 type printer struct {
@@ -72,7 +76,7 @@ type record struct {
 func newRecord(p udpstream.Packet[[]byte], ifname string) record {
 	h := p.Header
 	r := record{
-		Time:        h.Time.UTC().Format(time.RFC3339Nano),
+		Time:        h.Time.UTC().Format(jsonTime),
 		IfIndex:     h.IfIndex,
 		IfName:      ifname,
 		Family:      int(h.Version),
@@ -102,9 +106,8 @@ func newRecord(p udpstream.Packet[[]byte], ifname string) record {
 	return r
 }
 
-// payloadLen is the datagram's payload length. The library hands over no
-// payload with a datagram to another port, so there it comes from the
-// UDP header.
+// payloadLen is the datagram's payload length. A packet carrying only an
+// error (no decoded payload) takes it from the UDP header.
 func payloadLen(p udpstream.Packet[[]byte]) int {
 	if p.Value == nil && p.Err != nil {
 		return max(int(p.Header.UDPLength)-8, 0)
