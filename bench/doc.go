@@ -28,6 +28,8 @@
 //   - udpstream: udpstream.Open with default options, ranging over the
 //     channel, with a decoder that copies nothing and touches the payload.
 //   - udpstream-copy: the same with the built-in udpstream.Payload decoder.
+//   - udpstream-fanout2: udpstream with WithFanout(2): two packet sockets
+//     per family in a fanout group, each with its own receive goroutine.
 //
 // The packet-socket receivers reserve the port with a UDP socket that never
 // queues data, as udpstream does, so the kernel sends no ICMP errors for any

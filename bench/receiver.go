@@ -27,9 +27,10 @@ const (
 	recvAFPacket      = "gopacket-afpacket"
 	recvUDPStream     = "udpstream"
 	recvUDPStreamCopy = "udpstream-copy"
+	recvUDPStreamFan  = "udpstream-fanout2"
 )
 
-var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy}
+var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan}
 
 // recvConfig is what a receiver is told about the traffic it waits for.
 // Every receiver listens on both families.
@@ -46,6 +47,7 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvAFPacket:      openAFPacket,
 	recvUDPStream:     openUDPStream,
 	recvUDPStreamCopy: openUDPStreamCopy,
+	recvUDPStreamFan:  openUDPStreamFanout,
 }
 
 // session is one receiver at work.

@@ -20,14 +20,20 @@ func openUDPStream(c recvConfig, m *meter) (*session, error) {
 	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v })
 }
 
+// openUDPStreamFanout is openUDPStream with two packet sockets per family
+// in a fanout group, each with a receive goroutine of its own.
+func openUDPStreamFanout(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v }, udpstream.WithFanout(2))
+}
+
 // openUDPStreamCopy is udpstream with default options and the built-in
 // Payload decoder, which copies each payload into a new slice.
 func openUDPStreamCopy(c recvConfig, m *meter) (*session, error) {
 	return openStream(c, m, udpstream.Payload, touch)
 }
 
-func openStream[T any](c recvConfig, m *meter, dec udpstream.Decoder[T], touched func(T) uint16) (*session, error) {
-	s, err := udpstream.Open(context.Background(), uint16(c.port), dec)
+func openStream[T any](c recvConfig, m *meter, dec udpstream.Decoder[T], touched func(T) uint16, opts ...udpstream.Option) (*session, error) {
+	s, err := udpstream.Open(context.Background(), uint16(c.port), dec, opts...)
 	if err != nil {
 		return nil, err
 	}
