@@ -248,24 +248,28 @@ func TestReplyAllocs(t *testing.T) {
 	}
 }
 
-// TestReplyToBroadcast answers a datagram sent to the subnet broadcast
-// address: the reply comes from the interface's own address.
+// TestReplyToBroadcast answers a datagram a peer on the link sent to the
+// subnet broadcast address: the reply comes from the interface's own
+// address and goes back across the link.
 func TestReplyToBroadcast(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
 	leakCheck(t)
 	in := injectLink(t, "192.0.2.1/24")
-	s := openT(t, 0, Payload, WithNetwork("udp4"))
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(192, 0, 2, 1)})
+	peer, err := net.InterfaceByName("in1")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	// A broadcast from a peer on the link, to which the reply must go.
+	// The peer end has no address of its own in this namespace: a static
+	// neighbour entry sends 192.0.2.2 across the link, where a monitoring
+	// stream on in1 sees what arrives.
+	ip(t, "neigh", "add", "192.0.2.2", "lladdr", peer.HardwareAddr.String(), "dev", "in0")
+	s := openT(t, 0, Payload, WithNetwork("udp4"))
+	const cport = 5555
+	watch := openT(t, cport, Payload, WithMonitor(), WithNetwork("udp4"), WithInterface("in1"), WithAnyDestination())
 	h := v4()
-	h.src, h.dst = netip.MustParseAddr("192.0.2.1").As4(), netip.MustParseAddr("192.0.2.255").As4()
-	cport := uint16(c.LocalAddr().(*net.UDPAddr).Port)
+	h.src, h.dst = netip.MustParseAddr("192.0.2.2").As4(), netip.MustParseAddr("192.0.2.255").As4()
 	in.send(t, h.udp(cport, s.Port(), []byte("anyone?")))
 	p := recvOne(t, s.Packets(), 2*time.Second)
 	if p.Header.Dst.Addr() != netip.MustParseAddr("192.0.2.255") {
@@ -274,13 +278,18 @@ func TestReplyToBroadcast(t *testing.T) {
 	if err := p.Reply([]byte("here")); err != nil {
 		t.Fatalf("reply to a broadcast: %v", err)
 	}
-	buf := make([]byte, 100)
-	c.SetReadDeadline(time.Now().Add(2 * time.Second))
-	n, from, err := c.ReadFromUDPAddrPort(buf)
-	if err != nil || string(buf[:n]) != "here" {
-		t.Fatalf("reply %q %v", buf[:n], err)
+	r := recvOne(t, watch.Packets(), 2*time.Second)
+	if string(r.Value) != "here" || r.Header.Src != netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), s.Port()) ||
+		r.Header.Dst.Addr() != netip.MustParseAddr("192.0.2.2") {
+		t.Fatalf("reply %q from %v to %v, want from 192.0.2.1:%d to 192.0.2.2", r.Value, r.Header.Src, r.Header.Dst, s.Port())
 	}
-	if from.Addr() != netip.MustParseAddr("192.0.2.1") || from.Port() != s.Port() {
-		t.Fatalf("reply from %v, want 192.0.2.1:%d", from, s.Port())
+
+	// The host's own address as source, from the wire, is a spoof the
+	// kernel drops: so does the stream.
+	h.src = netip.MustParseAddr("192.0.2.1").As4()
+	in.send(t, h.udp(cport, s.Port(), []byte("spoofed")))
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	if st := s.Stats(); st.NotLocal != 1 {
+		t.Fatalf("stats %+v, want the spoofed datagram counted as not local", st)
 	}
 }

@@ -441,13 +441,20 @@ func (h *handler[T]) send(ctx context.Context) error {
 // isLocal reports whether the kernel would deliver a datagram from src to
 // a, arriving on interface ifIndex, to a local socket: a must be an
 // address of this host, and loopback addresses, as source or destination,
-// count only on a loopback interface (elsewhere the kernel drops them as
-// martians). Most traffic goes to one address, so the last answer is
+// and this host's own IPv4 addresses as source count only on a loopback
+// interface (elsewhere the kernel drops them as martians). Most traffic goes to one address, so the last answer is
 // remembered for as long as the address set it came from is current.
 func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	set := h.local.cur.Load()
-	if (a.IsLoopback() || src.IsLoopback()) && !set.onLoopback(ifIndex) {
-		return false
+	if !set.onLoopback(ifIndex) {
+		if a.IsLoopback() || src.IsLoopback() {
+			return false
+		}
+		if src.Is4() && set.has(src) {
+			// An IPv4 source that is this host's own address, from the
+			// wire: a spoof the kernel drops (accept_local is off).
+			return false
+		}
 	}
 	if set != nil && set == h.lastSet && a == h.lastLocal {
 		return true
