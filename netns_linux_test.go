@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpstream/udpstream/internal/ipheader"
 	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
@@ -56,26 +57,8 @@ func udpSender(t *testing.T, network string, ttl, tos int) *net.UDPConn {
 	}
 	uc := c.(*net.UDPConn)
 	t.Cleanup(func() { uc.Close() })
-	rc, err := uc.SyscallConn()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if network == "udp6" {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, ttl)
-			if serr == nil {
-				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_TCLASS, tos)
-			}
-			return
-		}
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TTL, ttl)
-		if serr == nil {
-			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_TOS, tos)
-		}
-	})
-	if err != nil || serr != nil {
-		t.Fatalf("setting TTL/TOS: %v %v", err, serr)
+	if err := ipheader.Set(uc, network, ttl, tos); err != nil {
+		t.Fatalf("setting TTL/TOS: %v", err)
 	}
 	return uc
 }

@@ -10,43 +10,14 @@ import (
 	"os/exec"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/udpstream/udpstream/internal/ipheader"
 	"github.com/udpstream/udpstream/internal/netns"
 )
 
 // setHeaderFields sets the TTL / hop limit and TOS / traffic class of the
 // datagrams c sends.
 func setHeaderFields(c *net.UDPConn, network string, ttl, tos int) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if network == "udp6" {
-			serr = setsockopt(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, "IPV6_UNICAST_HOPS", ttl)
-			if serr == nil {
-				serr = setsockopt(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, "IPV6_TCLASS", tos)
-			}
-			return
-		}
-		serr = setsockopt(fd, unix.IPPROTO_IP, unix.IP_TTL, "IP_TTL", ttl)
-		if serr == nil {
-			serr = setsockopt(fd, unix.IPPROTO_IP, unix.IP_TOS, "IP_TOS", tos)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
-}
-
-func setsockopt(fd uintptr, level, opt int, name string, v int) error {
-	if err := unix.SetsockoptInt(int(fd), level, opt, v); err != nil {
-		return os.NewSyscallError("setsockopt "+name, err)
-	}
-	return nil
+	return ipheader.Set(c, network, ttl, tos)
 }
 
 // loopbackUp brings the loopback interface of a new namespace up.

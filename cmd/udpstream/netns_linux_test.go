@@ -21,6 +21,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/udpstream/udpstream/internal/ipheader"
 	"github.com/udpstream/udpstream/internal/netnstest"
 )
 
@@ -135,6 +136,9 @@ func sender(t *testing.T, network string, o sendOpts) *net.UDPConn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	if err := ipheader.Set(c, network, o.ttl, o.tos); err != nil {
+		t.Fatalf("sender TTL/TOS: %v", err)
+	}
 	rc, err := c.SyscallConn()
 	if err != nil {
 		t.Fatal(err)
@@ -147,8 +151,6 @@ func sender(t *testing.T, network string, o sendOpts) *net.UDPConn {
 	}
 	err = rc.Control(func(fd uintptr) {
 		if network == "udp6" {
-			set(fd, unix.IPPROTO_IPV6, unix.IPV6_UNICAST_HOPS, o.ttl)
-			set(fd, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, o.tos)
 			if o.dstOpts && serr == nil {
 				// Next Header and length 0 (8 bytes), then a PadN option
 				// filling the remaining 6 bytes.
@@ -156,8 +158,6 @@ func sender(t *testing.T, network string, o sendOpts) *net.UDPConn {
 			}
 			return
 		}
-		set(fd, unix.IPPROTO_IP, unix.IP_TTL, o.ttl)
-		set(fd, unix.IPPROTO_IP, unix.IP_TOS, o.tos)
 		switch o.df {
 		case 1:
 			set(fd, unix.IPPROTO_IP, unix.IP_MTU_DISCOVER, unix.IP_PMTUDISC_DO)
