@@ -165,8 +165,9 @@ func parseAddrs(msgs []syscall.NetlinkMessage) (*addrSet, bool) {
 			// Linux adds a broadcast route for the subnet of every
 			// primary address, whether or not a broadcast was given.
 			if p, err := local.Prefix(int(ifa.Prefixlen)); err == nil {
-				set.exact[lastAddr(p)] = struct{}{}
-				set.broadcasts = append(set.broadcasts, lastAddr(p))
+				b := lastAddr(p)
+				set.exact[b] = struct{}{}
+				set.broadcasts = append(set.broadcasts, b)
 			}
 		}
 		if ifa.Scope == unix.RT_SCOPE_HOST {

@@ -203,7 +203,7 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
-// frameAt returns the status word of frame i.
+// status returns the status word of frame i.
 func (ps *packetSocket) status(i int) *uint32 {
 	return (*uint32)(unsafe.Pointer(&ps.ring[i*ringFrameSize+tpStatus]))
 }

@@ -329,8 +329,7 @@ type handler[T any] struct {
 	p         parsed
 	d         Datagram
 	pkt       Packet[T]
-	lastSet   *addrSet // the set lastLocal was found in
-	lastLocal netip.Addr
+	lastLocal localAnswer
 	counts    counters
 }
 
@@ -442,28 +441,30 @@ func (h *handler[T]) send(ctx context.Context) error {
 // a, arriving on interface ifIndex, to a local socket: a must be an
 // address of this host, and loopback addresses, as source or destination,
 // and this host's own IPv4 addresses as source count only on a loopback
-// interface (elsewhere the kernel drops them as martians). Most traffic goes to one address, so the last answer is
-// remembered for as long as the address set it came from is current.
+// interface (elsewhere the kernel drops them as martians). Most traffic is
+// a few busy flows, so the last yes is remembered for as long as the
+// address set it came from is current.
 func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	set := h.local.cur.Load()
-	if !set.onLoopback(ifIndex) {
-		if a.IsLoopback() || src.IsLoopback() {
-			return false
-		}
-		if src.Is4() && set.has(src) {
-			// An IPv4 source that is this host's own address, from the
-			// wire: a spoof the kernel drops (accept_local is off).
-			return false
-		}
-	}
-	if set != nil && set == h.lastSet && a == h.lastLocal {
+	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && src == c.src && ifIndex == c.ifIndex {
 		return true
+	}
+	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.has(src)) {
+		return false
 	}
 	set, ok := h.local.lookup(a)
 	if ok {
-		h.lastSet, h.lastLocal = set, a
+		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex}
 	}
 	return ok
+}
+
+// localAnswer is a datagram isLocal said yes to, and the address set it
+// judged by.
+type localAnswer struct {
+	set      *addrSet
+	src, dst netip.Addr
+	ifIndex  int
 }
 
 // decode runs a user's decoder, turning a panic into an error so that one
