@@ -64,9 +64,10 @@ var limitedBroadcast = netip.AddrFrom4([4]byte{255, 255, 255, 255})
 // address changes.
 type localAddrs struct {
 	cur atomic.Pointer[addrSet]
-	// refresh, when set, applies pending address changes and reports
-	// whether it did. contains calls it on a miss, so that a datagram to
-	// an address added a moment ago is not judged by a stale set.
+	// refresh, when set, applies pending address changes, and returns
+	// once any change another goroutine was applying is stored. lookup
+	// calls it on a miss, so that a datagram to an address added a
+	// moment ago is not judged by a stale set.
 	refresh func() bool
 }
 
@@ -77,7 +78,11 @@ func (l *localAddrs) lookup(a netip.Addr) (*addrSet, bool) {
 	if a == limitedBroadcast || set.has(a) {
 		return set, true
 	}
-	if l.refresh != nil && l.refresh() {
+	if l.refresh != nil {
+		// Load again even when refresh found nothing pending: another
+		// goroutine may have read the change and stored the new set
+		// while this one waited for its turn.
+		l.refresh()
 		set = l.cur.Load()
 		return set, set.has(a)
 	}
