@@ -40,23 +40,26 @@ const (
 // packetSocket is one AF_PACKET socket with its receive ring.
 //
 // The socket itself is not on the runtime poller. The poller watches
-// sockets edge-triggered, and a packet socket with a V2 ring signals every
-// frame: a thread idle in epoll_wait would be woken for each datagram,
-// even while the receive goroutine is busy and needs no wakeup, which
-// costs more than the datagram itself. Instead the socket sits in a
-// private epoll instance with EPOLLONESHOT, armed only while the receive
-// goroutine waits, and that instance's fd is on the runtime poller, so
-// waiting and cancellation (a read deadline) work as for any Go file.
+// sockets edge-triggered for their whole life, and a packet socket with a
+// V2 ring signals every frame: a thread idle in epoll_wait would be woken
+// for each datagram even while the receive goroutine is busy and needs no
+// wakeup, which costs more than the datagram itself. Instead the socket
+// sits in a private epoll instance whose fd is on the runtime poller, so
+// that waiting and cancellation (a read deadline) work as for any Go file,
+// and the receive goroutine mutes the socket there while it is busy (see
+// receive): a waiting goroutine costs no system call beyond the poller's
+// own, and a busy one wakes no thread.
 type packetSocket struct {
 	fam     uint8
 	ifIndex int // the interface bound to; 0 for all
 	fd      int // the packet socket; closed by close
 	file    *os.File
 	rc      syscall.RawConn // of the private epoll instance
-	events  [1]unix.EpollEvent
-	arm     unix.EpollEvent
+	epfd    int             // the private epoll instance, owned by file
+	ev      unix.EpollEvent
+	muted   bool               // the socket's events are off
 	waitFn  func(uintptr) bool // ps.waitReady, made once: a method value allocates
-	armed   bool               // wait has armed the epoll instance
+	woken   bool               // waitReady runs after a wakeup
 	waitErr error
 	ring    []byte
 	frames  int
@@ -181,9 +184,10 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 	if err != nil {
 		return nil, 0, os.NewSyscallError("epoll_create1", err)
 	}
-	// Registered disarmed; wait arms it. Non-blocking before NewFile, so
-	// that the File goes on the runtime poller.
-	ev := unix.EpollEvent{Events: unix.EPOLLONESHOT, Fd: int32(fd)}
+	// Level-triggered, so that unmuting a socket with frames waiting
+	// raises the event at once. Non-blocking before NewFile, so that the
+	// File goes on the runtime poller.
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(fd)}
 	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		unix.Close(epfd)
 		return nil, 0, os.NewSyscallError("epoll_ctl", err)
@@ -193,6 +197,7 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 		return nil, 0, os.NewSyscallError("fcntl", err)
 	}
 	ps.fd, fd = fd, -1 // ps owns it now
+	ps.epfd = epfd
 	ps.file = os.NewFile(uintptr(epfd), fmt.Sprintf("packet-ipv%d-epoll", fam))
 	if ps.rc, err = ps.file.SyscallConn(); err != nil {
 		ps.close()
@@ -259,51 +264,65 @@ func (ps *packetSocket) release() {
 }
 
 // wait blocks in the runtime poller until a frame is ready or the read
-// deadline passes.
+// deadline passes, unmuting the socket first if it was muted.
 //
 // Woken with no frame ready, it looks for a socket error: the kernel
 // reports ENETDOWN when the bound interface goes down, and the socket
 // receives again once it is back up, so that is not fatal; but an
 // interface that was removed never comes back, and wait says so.
 func (ps *packetSocket) wait() error {
-	ps.armed, ps.waitErr = false, nil
+	if ps.muted {
+		if err := ps.setEvents(unix.EPOLLIN); err != nil {
+			return err
+		}
+		ps.muted = false
+	}
+	ps.woken, ps.waitErr = false, nil
 	if err := ps.rc.Read(ps.waitFn); err != nil {
 		return err
 	}
 	return ps.waitErr
 }
 
-// waitReady is the poller callback of wait: it reports whether wait is
-// over, arming the private epoll instance when it is not.
-func (ps *packetSocket) waitReady(epfd uintptr) bool {
-	if ps.armed {
-		// Take the one-shot event off the private instance, so that it
-		// stops being readable.
-		for {
-			if _, err := unix.EpollWait(int(epfd), ps.events[:], 0); err != unix.EINTR {
-				break
-			}
-		}
+// mute turns the socket's events off in the private instance, so that
+// frames arriving while the receive goroutine is busy wake no thread;
+// wait turns them back on.
+func (ps *packetSocket) mute() error {
+	if ps.muted {
+		return nil
 	}
+	if err := ps.setEvents(0); err != nil {
+		return err
+	}
+	ps.muted = true
+	return nil
+}
+
+func (ps *packetSocket) setEvents(events uint32) error {
+	ps.ev = unix.EpollEvent{Events: events, Fd: int32(ps.fd)}
+	if err := unix.EpollCtl(ps.epfd, unix.EPOLL_CTL_MOD, ps.fd, &ps.ev); err != nil {
+		return os.NewSyscallError("epoll_ctl", err)
+	}
+	return nil
+}
+
+// waitReady is the poller callback of wait: it reports whether wait is
+// over.
+func (ps *packetSocket) waitReady(uintptr) bool {
 	if ps.ready() {
 		return true
 	}
-	if ps.armed && ps.ifIndex != 0 {
-		if e, _ := unix.GetsockoptInt(ps.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 {
+	if ps.woken {
+		// Reading the error clears it; until then the socket stays
+		// readable in the private instance.
+		if e, _ := unix.GetsockoptInt(ps.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 && ps.ifIndex != 0 {
 			if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
 				ps.waitErr = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
 				return true
 			}
 		}
 	}
-	// Arming polls the socket: a frame that arrived since the check above
-	// still raises the event.
-	ps.arm = unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLONESHOT, Fd: int32(ps.fd)}
-	if err := unix.EpollCtl(int(epfd), unix.EPOLL_CTL_MOD, ps.fd, &ps.arm); err != nil {
-		ps.waitErr = os.NewSyscallError("epoll_ctl", err)
-		return true
-	}
-	ps.armed = true
+	ps.woken = true
 	return false
 }
 

@@ -3,6 +3,7 @@ package udpstream
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -385,8 +386,13 @@ func TestAddressAdded(t *testing.T) {
 	h := v4()
 	h.src, h.dst = netip.MustParseAddr("203.0.113.9").As4(), netip.MustParseAddr("203.0.113.5").As4()
 	in.send(t, h.udp(4000, s.Port(), []byte("new address")))
-	if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "new address" {
-		t.Fatalf("got %q", p.Value)
+	select {
+	case p := <-s.Packets():
+		if string(p.Value) != "new address" {
+			t.Fatalf("got %q", p.Value)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatalf("no packet within 2s; stats %+v", s.Stats())
 	}
 	ip(t, "addr", "del", "203.0.113.5/24", "dev", "in0")
 	time.Sleep(50 * time.Millisecond)
@@ -758,7 +764,7 @@ func TestInterfaceRemoved(t *testing.T) {
 
 // TestStreamAllocs counts heap allocations in the whole process per
 // datagram, received one at a time (so that the receive goroutine waits
-// in the poller for every one) with a decoder that copies nothing.
+// for every one) with a decoder that copies nothing.
 func TestStreamAllocs(t *testing.T) {
 	if !inNetns(t) {
 		return
@@ -808,5 +814,55 @@ func TestRestartSamePort(t *testing.T) {
 		cancel()
 		for range s.Packets() {
 		}
+	}
+}
+
+// TestHandoverOrder sends bursts longer than a handover batch and single
+// datagrams, with GOMAXPROCS=1 (where the consumer runs only when the
+// receive goroutine yields or blocks), and checks that every datagram
+// arrives once, in order, and is counted.
+func TestHandoverOrder(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s := openT(t, 0, Payload, WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	const bursts, burst = 8, handoffBatch + 57
+	seq := uint32(0)
+	want := uint32(0)
+	payload := make([]byte, 32)
+	recv := func(n int) {
+		t.Helper()
+		for range n {
+			p := recvOne(t, s.Packets(), 5*time.Second)
+			if p.Err != nil {
+				t.Fatal(p.Err)
+			}
+			if got := binary.BigEndian.Uint32(p.Value); got != want {
+				t.Fatalf("datagram %d arrived where %d was due", got, want)
+			}
+			want++
+		}
+	}
+	for range bursts {
+		for range burst {
+			binary.BigEndian.PutUint32(payload, seq)
+			seq++
+			sendTo(t, c, "127.0.0.1", s.Port(), payload)
+		}
+		recv(burst)
+		// One at a time: each must arrive without another behind it.
+		for range 3 {
+			binary.BigEndian.PutUint32(payload, seq)
+			seq++
+			sendTo(t, c, "127.0.0.1", s.Port(), payload)
+			recv(1)
+		}
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+	if st := s.Stats(); st.Delivered != uint64(seq) || st.Dropped() != 0 {
+		t.Fatalf("sent %d: %+v", seq, st)
 	}
 }

@@ -57,6 +57,9 @@ func BenchmarkHandle(b *testing.B) {
 						b.Fatal(err)
 					}
 				}
+				if err := h.flush(ctx); err != nil {
+					b.Fatal(err)
+				}
 				close(out)
 				if n := <-done; n != b.N {
 					b.Fatalf("delivered %d of %d", n, b.N)
@@ -80,6 +83,9 @@ func TestHandleAllocs(t *testing.T) {
 		m := frameMeta{ifIndex: 1}
 		allocs := testing.AllocsPerRun(500, func() {
 			if err := h.handle(context.Background(), frame, &m); err != nil {
+				t.Fatal(err)
+			}
+			if err := h.flush(context.Background()); err != nil {
 				t.Fatal(err)
 			}
 			if p := <-out; p.Err != nil {

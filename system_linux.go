@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -116,13 +117,29 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 // receive is the loop of one receive goroutine: walk the ring while frames
 // are ready, then wait in the poller.
 func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
+	defer h.discard()
 	var m frameMeta
 	batch := 0 // frames since the ring was last found empty
 	for {
 		pkt, tooLong, losing, ok := ps.peek(&m)
 		if !ok {
+			if h.n > 0 {
+				// Hand the batch over before sleeping or waiting, and
+				// yield, so that the consumer runs now, on this thread,
+				// rather than on another one woken to take it or, with
+				// GOMAXPROCS=1, once the runtime notices this one asleep
+				// in a system call. Then look again.
+				if h.flush(ctx) != nil {
+					return nil
+				}
+				runtime.Gosched()
+				continue
+			}
 			if batch >= coalesceBatch {
 				batch = 0
+				if err := ps.mute(); err != nil {
+					return fmt.Errorf("udpstream: receiving: %w", err)
+				}
 				// nanosleep, not time.Sleep: the runtime rounds a timer
 				// below a millisecond up to one when its threads are idle.
 				_ = unix.Nanosleep(&coalesceSpec, nil)
