@@ -10,6 +10,7 @@ import (
 const (
 	skfAdOff     = 0xfffff000 // SKF_AD_OFF, -4096 as a uint32
 	skfAdPktType = 4          // SKF_AD_PKTTYPE
+	skfNetOff    = 0xfff00000 // SKF_NET_OFF, -0x100000: loads relative to the network header
 	bpfAccept    = 0xffffffff // snap length: the whole packet
 )
 
@@ -27,7 +28,9 @@ type bpfInsn struct {
 // only user space can judge (IP fragments, and IPv6 packets whose header
 // chain starts with an extension header). It drops copies of outgoing
 // packets and, unless otherHost, frames addressed to another host. The
-// socket is of type SOCK_DGRAM, so offset 0 is the IP header.
+// socket is of type SOCK_RAW, where offset 0 is the link-layer header,
+// whose length depends on the link: every load is relative to the IP
+// header instead (SKF_NET_OFF).
 func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.SockFilter, error) {
 	const (
 		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
@@ -49,16 +52,16 @@ func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.Soc
 	switch family {
 	case 4:
 		p = append(p,
-			bpfInsn{code: ldAbsB, k: 9}, // protocol
+			bpfInsn{code: ldAbsB, k: skfNetOff + 9}, // protocol
 			bpfInsn{code: jeq, k: protoUDP, jf: "drop"},
-			bpfInsn{code: ldAbsH, k: 6}, // flags and fragment offset
+			bpfInsn{code: ldAbsH, k: skfNetOff + 6}, // flags and fragment offset
 			bpfInsn{code: jset, k: ipv4FlagMF | ipv4OffsetMask, jt: "accept"},
-			bpfInsn{code: ldxMsh, k: 0}, // X = IHL * 4
-			bpfInsn{code: ldIndH, k: 2}, // UDP destination port
+			bpfInsn{code: ldxMsh, k: skfNetOff},     // X = IHL * 4
+			bpfInsn{code: ldIndH, k: skfNetOff + 2}, // UDP destination port
 		)
 	case 6:
 		p = append(p,
-			bpfInsn{code: ldAbsB, k: 6}, // next header
+			bpfInsn{code: ldAbsB, k: skfNetOff + 6}, // next header
 			bpfInsn{code: jeq, k: protoUDP, jt: "udp6"},
 			bpfInsn{code: jeq, k: nhFragment, jt: "accept"},
 			bpfInsn{code: jeq, k: nhHopByHop, jt: "accept"},
@@ -66,7 +69,7 @@ func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.Soc
 			bpfInsn{code: jeq, k: nhDestOptions, jt: "accept"},
 			bpfInsn{code: ja, jt: "drop"},
 			bpfInsn{label: "udp6"},
-			bpfInsn{code: ldAbsH, k: ipv6HeaderLen + 2}, // UDP destination port
+			bpfInsn{code: ldAbsH, k: skfNetOff + ipv6HeaderLen + 2}, // UDP destination port
 		)
 	default:
 		return nil, fmt.Errorf("udpstream: no filter for IP version %d", family)

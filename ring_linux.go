@@ -21,7 +21,7 @@ import (
 // busy reader makes no system call per datagram: it walks the ring until
 // it finds no ready frame and only then waits in the poller.
 const (
-	ringFrameSize = 2048       // holds an IP datagram of ringFrameSize - 80 bytes
+	ringFrameSize = 2048       // holds an IP datagram of ringFrameSize - 90 bytes behind an Ethernet header
 	ringBlockSize = 128 << 10  // allocation unit of the ring in the kernel
 	bigBufSize    = 64<<10 + 1 // a whole IP datagram, for frames too big for a slot
 
@@ -30,6 +30,7 @@ const (
 	tpStatus  = 0
 	tpLen     = 4
 	tpSnaplen = 8
+	tpMac     = 12
 	tpNet     = 14
 	tpSec     = 16
 	tpNsec    = 20
@@ -77,7 +78,7 @@ var errNoCapNetRaw = errors.New("udpstream: packet sockets need CAP_NET_RAW: run
 // newPacketFD opens a non-blocking packet socket bound to no protocol,
 // which receives nothing until bind names one.
 func newPacketFD() (int, error) {
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		err = os.NewSyscallError("socket", err)
 		if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
@@ -131,6 +132,12 @@ func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group 
 	}
 	if err != nil {
 		return nil, 0, err
+	}
+	// A virtio-net header before each frame tells a UDP GSO super-packet
+	// and its segment size (see gsoSegment). The kernel offers it only to
+	// SOCK_RAW sockets, hence the link-layer header in every frame.
+	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VNET_HDR, 1); err != nil {
+		return nil, 0, os.NewSyscallError("setsockopt PACKET_VNET_HDR", err)
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_VERSION, unix.TPACKET_V2); err != nil {
 		return nil, 0, os.NewSyscallError("setsockopt PACKET_VERSION", err)
@@ -228,30 +235,40 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 		return nil, false, false, false
 	}
 	f := ps.ring[ps.next*ringFrameSize : (ps.next+1)*ringFrameSize]
+	// SOCK_RAW: length and snap length count from the link-layer header
+	// at mac (none on some links); the IP header is at net.
 	n := int(binary.NativeEndian.Uint32(f[tpLen:]))
 	snap := int(binary.NativeEndian.Uint32(f[tpSnaplen:]))
-	off := int(binary.NativeEndian.Uint16(f[tpNet:]))
+	mac := int(binary.NativeEndian.Uint16(f[tpMac:]))
+	net := int(binary.NativeEndian.Uint16(f[tpNet:]))
 	m.sec = binary.NativeEndian.Uint32(f[tpSec:])
 	m.nsec = binary.NativeEndian.Uint32(f[tpNsec:])
 	m.ifIndex = int(int32(binary.NativeEndian.Uint32(f[sllIfIdx:])))
 	m.vouched = st&(unix.TP_STATUS_CSUMNOTREADY|unix.TP_STATUS_CSUM_VALID) != 0
 	losing = st&unix.TP_STATUS_LOSING != 0
+	if mac < frameHdr+vnetHdrLen || net < mac || mac+snap > len(f) {
+		return nil, true, losing, true
+	}
+	ll := net - mac
 
-	switch {
-	case st&unix.TP_STATUS_COPY != 0:
-		// The whole packet waits on the socket's queue, in ring order.
+	if st&unix.TP_STATUS_COPY != 0 {
+		// The whole packet waits on the socket's queue, in ring order,
+		// behind its own virtio-net header.
 		if ps.big == nil {
 			ps.big = make([]byte, bigBufSize)
 		}
 		got, err := unix.Read(ps.fd, ps.big)
-		if err != nil || got != n {
+		if err != nil || got != vnetHdrLen+n {
 			return nil, true, losing, true
 		}
-		return ps.big[:got], false, losing, true
-	case snap < n || off < frameHdr || off+snap > len(f):
+		m.gso = parseVnetHdr(ps.big)
+		return ps.big[vnetHdrLen+ll : got], false, losing, true
+	}
+	if snap < n {
 		return nil, true, losing, true
 	}
-	return f[off : off+snap], false, losing, true
+	m.gso = parseVnetHdr(f[mac-vnetHdrLen : mac])
+	return f[net : mac+snap], false, losing, true
 }
 
 // release hands the current frame back to the kernel and moves on.

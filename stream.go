@@ -313,6 +313,14 @@ type frameMeta struct {
 	vouched bool // checksum validated by the kernel, or not yet computed
 	sec     uint32
 	nsec    uint32
+	gso     int // segment size of a UDP GSO super-packet; -1 another kind
+}
+
+func (m *frameMeta) flags() classifyFlags {
+	if m.vouched {
+		return flagChecksumVouched
+	}
+	return 0
 }
 
 // handler turns the frames of one receive goroutine into Packets.
@@ -340,6 +348,8 @@ type handler[T any] struct {
 	counted [handoffBatch]*atomic.Uint64
 	n       int // made
 	sent    int // handed over
+
+	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
 }
 
 // handoffBatch bounds the datagrams a handler holds before it hands them
@@ -350,11 +360,50 @@ const handoffBatch = 256
 // it is full. It blocks while the channel is full and returns an error
 // only when ctx is done.
 func (h *handler[T]) handle(ctx context.Context, frame []byte, m *frameMeta) error {
-	var flags classifyFlags
-	if m.vouched {
-		flags |= flagChecksumVouched
+	if m.gso != 0 {
+		return h.handleGSO(ctx, frame, m)
 	}
-	v := classify(frame, h.fam, h.port, flags, &h.p)
+	return h.handleOne(ctx, frame, m)
+}
+
+// handleGSO splits a UDP GSO super-packet into the datagrams a UDP socket
+// would receive, and handles each as a frame of its own.
+func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) error {
+	v := dropUnsupported
+	if m.gso > 0 {
+		v = classify(frame, h.fam, h.port, m.flags(), &h.p)
+	}
+	switch v {
+	case deliver, dropOtherPort:
+	case fragment:
+		h.counts.drops[dropUnsupported].Add(1) // a super-packet is never fragmented
+		return nil
+	default:
+		h.counts.drops[v].Add(1)
+		return nil
+	}
+	// Views of frame, which stays put while its segments are handled.
+	hdr, udp := h.p.ip[:len(h.p.ip)-len(h.p.l4)], h.p.udp
+	if h.gsoBuf == nil {
+		h.gsoBuf = make([]byte, 1<<16)
+	}
+	for i := 0; ; i++ {
+		seg := gsoSegment(h.gsoBuf, hdr, udp, m.gso, i)
+		if seg == nil {
+			if i == 0 { // no payload to split
+				return h.handleOne(ctx, frame, m)
+			}
+			return nil
+		}
+		if err := h.handleOne(ctx, seg, m); err != nil {
+			return err
+		}
+	}
+}
+
+// handleOne processes one datagram or fragment.
+func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) error {
+	v := classify(frame, h.fam, h.port, m.flags(), &h.p)
 	if v != fragment {
 		return h.finish(ctx, v, m, 1)
 	}

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/udpstream/udpstream/internal/netnstest"
+	"golang.org/x/sys/unix"
 )
 
 // recvOne waits for the next packet, failing the test after d.
@@ -864,5 +865,64 @@ func TestHandoverOrder(t *testing.T) {
 	expectNone(t, s.Packets(), 100*time.Millisecond)
 	if st := s.Stats(); st.Delivered != uint64(seq) || st.Dropped() != 0 {
 		t.Fatalf("sent %d: %+v", seq, st)
+	}
+}
+
+// TestGSO sends UDP GSO super-packets (UDP_SEGMENT) over loopback, which
+// carries them whole, and checks that they arrive as the datagrams a UDP
+// socket receives.
+func TestGSO(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload)
+	for _, c := range []struct {
+		network, addr string
+		size, total   int
+	}{
+		// Too big for a ring slot: read from the socket's queue.
+		{"udp4", "127.0.0.1", 1000, 2500},
+		{"udp6", "::1", 1200, 3600},
+		// In a ring slot; the kernel's most segments.
+		{"udp4", "127.0.0.1", 8, 8 * 64},
+	} {
+		sender := udpSender(t, c.network, 64, 0)
+		rc, err := sender.SyscallConn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var serr error
+		if err := rc.Control(func(fd uintptr) {
+			serr = unix.SetsockoptInt(int(fd), unix.SOL_UDP, unix.UDP_SEGMENT, c.size)
+		}); err != nil || serr != nil {
+			t.Fatalf("UDP_SEGMENT: %v %v", err, serr)
+		}
+		payload := make([]byte, c.total)
+		for i := range payload {
+			payload[i] = byte(i / c.size)
+		}
+		before := s.Stats().Delivered
+		sendTo(t, sender, c.addr, s.Port(), payload)
+		var firstID uint32
+		for i := 0; i*c.size < c.total; i++ {
+			p := recvOne(t, s.Packets(), 2*time.Second)
+			want := payload[i*c.size : min((i+1)*c.size, c.total)]
+			if p.Err != nil || !bytes.Equal(p.Value, want) {
+				t.Fatalf("%s segment %d: %d bytes, err %v; want %d bytes of %d", c.network, i, len(p.Value), p.Err, len(want), i)
+			}
+			if h := p.Header; int(h.UDPLength) != 8+len(want) || h.Fragments != 1 || h.Src.Port() != uint16(sender.LocalAddr().(*net.UDPAddr).Port) {
+				t.Fatalf("%s segment %d: header %+v", c.network, i, h)
+			}
+			if i == 0 {
+				firstID = p.Header.ID
+			} else if c.network == "udp4" && p.Header.ID != (firstID+uint32(i))&0xffff {
+				t.Fatalf("segment %d: IPv4 ID %d, want %d", i, p.Header.ID, firstID+uint32(i))
+			}
+		}
+		expectNone(t, s.Packets(), 50*time.Millisecond)
+		if st := s.Stats(); st.Delivered-before != uint64((c.total+c.size-1)/c.size) || st.Dropped() != 0 {
+			t.Fatalf("%s: %+v", c.network, st)
+		}
 	}
 }
