@@ -21,9 +21,9 @@ import (
 // busy reader makes no system call per datagram: it walks the ring until
 // it finds no ready frame and only then waits in the poller.
 const (
-	ringFrameSize = 2048       // holds an IP datagram of ringFrameSize - 90 bytes behind an Ethernet header
-	ringBlockSize = 128 << 10  // allocation unit of the ring in the kernel
-	bigBufSize    = 64<<10 + 1 // a whole IP datagram, for frames too big for a slot
+	ringFrameSize = 2048         // holds an IP datagram of ringFrameSize - 90 bytes behind an Ethernet header
+	ringBlockSize = 128 << 10    // allocation unit of the ring in the kernel
+	bigBufSize    = 64<<10 + 512 // a virtio-net and a link-layer header and a whole IPv6 datagram, for frames too big for a slot
 
 	// Offsets in a TPACKET_V2 frame (linux/if_packet.h): the tpacket2_hdr,
 	// then a sockaddr_ll at TPACKET_ALIGN(sizeof(tpacket2_hdr)) = 32.
@@ -47,9 +47,9 @@ const (
 // wakeup, which costs more than the datagram itself. Instead the socket
 // sits in a private epoll instance whose fd is on the runtime poller, so
 // that waiting and cancellation (a read deadline) work as for any Go file,
-// and the receive goroutine mutes the socket there while it is busy (see
-// receive): a waiting goroutine costs no system call beyond the poller's
-// own, and a busy one wakes no thread.
+// and the receive goroutine mutes the socket there while it sleeps between
+// batches under load (see receive): a waiting goroutine costs no system
+// call beyond the poller's own, and a sleeping one wakes no thread.
 type packetSocket struct {
 	fam     uint8
 	ifIndex int // the interface bound to; 0 for all
