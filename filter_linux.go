@@ -10,7 +10,9 @@ import (
 const (
 	skfAdOff     = 0xfffff000 // SKF_AD_OFF, -4096 as a uint32
 	skfAdPktType = 4          // SKF_AD_PKTTYPE
+	skfAdHatype  = 28         // SKF_AD_HATYPE: the device's ARPHRD_ type
 	skfNetOff    = 0xfff00000 // SKF_NET_OFF, -0x100000: loads relative to the network header
+	ethHeaderLen = 14
 	bpfAccept    = 0xffffffff // snap length: the whole packet
 )
 
@@ -27,11 +29,55 @@ type bpfInsn struct {
 // passes UDP to port (all UDP when allPorts), and the packets whose port
 // only user space can judge (IP fragments, and IPv6 packets whose header
 // chain starts with an extension header). It drops copies of outgoing
-// packets and, unless otherHost, frames addressed to another host. The
-// socket is of type SOCK_RAW, where offset 0 is the link-layer header,
-// whose length depends on the link: every load is relative to the IP
-// header instead (SKF_NET_OFF).
+// packets and, unless otherHost, frames addressed to another host.
+//
+// The socket is of type SOCK_RAW, where offset 0 is the link-layer
+// header, whose length depends on the link. On Ethernet and loopback it is
+// 14 bytes and the filter loads at fixed offsets behind it; on any other
+// link it loads relative to the IP header (SKF_NET_OFF), which kernels
+// before 6.15 can do only while the headers are in the packet's linear
+// part, as they are on such links (tun, WireGuard, tunnels) in practice.
 func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.SockFilter, error) {
+	const (
+		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+		ja     = unix.BPF_JMP | unix.BPF_JA
+		ret    = unix.BPF_RET | unix.BPF_K
+	)
+	if family != 4 && family != 6 {
+		return nil, fmt.Errorf("udpstream: no filter for IP version %d", family)
+	}
+	p := []bpfInsn{
+		{code: ldAbsB, k: skfAdOff + skfAdPktType},
+		{code: jeq, k: unix.PACKET_OUTGOING, jt: "drop"},
+	}
+	if !otherHost {
+		p = append(p, bpfInsn{code: jeq, k: unix.PACKET_OTHERHOST, jt: "drop"})
+	}
+	p = append(p,
+		bpfInsn{code: ldAbsH, k: skfAdOff + skfAdHatype},
+		bpfInsn{code: jeq, k: unix.ARPHRD_ETHER, jt: "eth"},
+		bpfInsn{code: jeq, k: unix.ARPHRD_LOOPBACK, jt: "eth"},
+		bpfInsn{code: ja, jt: "net"},
+		bpfInsn{label: "eth"},
+	)
+	p = append(p, portMatch(family, port, allPorts, ethHeaderLen, "eth.")...)
+	p = append(p, bpfInsn{label: "net"})
+	p = append(p, portMatch(family, port, allPorts, skfNetOff, "net.")...)
+	p = append(p,
+		bpfInsn{label: "accept"},
+		bpfInsn{code: ret, k: bpfAccept},
+		bpfInsn{label: "drop"},
+		bpfInsn{code: ret, k: 0},
+	)
+	return assembleBPF(p)
+}
+
+// portMatch is the part of portFilter that reads the IP and UDP headers,
+// with the IP header at offset base; it ends in a jump to "accept" or
+// "drop". Its own labels start with prefix.
+func portMatch(family uint8, port uint16, allPorts bool, base uint32, prefix string) []bpfInsn {
 	const (
 		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
 		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
@@ -40,52 +86,34 @@ func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.Soc
 		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
 		jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
 		ja     = unix.BPF_JMP | unix.BPF_JA
-		ret    = unix.BPF_RET | unix.BPF_K
 	)
-	p := []bpfInsn{
-		{code: ldAbsB, k: skfAdOff + skfAdPktType},
-		{code: jeq, k: unix.PACKET_OUTGOING, jt: "drop"},
-	}
-	if !otherHost {
-		p = append(p, bpfInsn{code: jeq, k: unix.PACKET_OTHERHOST, jt: "drop"})
-	}
-	switch family {
-	case 4:
-		p = append(p,
-			bpfInsn{code: ldAbsB, k: skfNetOff + 9}, // protocol
-			bpfInsn{code: jeq, k: protoUDP, jf: "drop"},
-			bpfInsn{code: ldAbsH, k: skfNetOff + 6}, // flags and fragment offset
-			bpfInsn{code: jset, k: ipv4FlagMF | ipv4OffsetMask, jt: "accept"},
-			bpfInsn{code: ldxMsh, k: skfNetOff},     // X = IHL * 4
-			bpfInsn{code: ldIndH, k: skfNetOff + 2}, // UDP destination port
-		)
-	case 6:
-		p = append(p,
-			bpfInsn{code: ldAbsB, k: skfNetOff + 6}, // next header
-			bpfInsn{code: jeq, k: protoUDP, jt: "udp6"},
-			bpfInsn{code: jeq, k: nhFragment, jt: "accept"},
-			bpfInsn{code: jeq, k: nhHopByHop, jt: "accept"},
-			bpfInsn{code: jeq, k: nhRouting, jt: "accept"},
-			bpfInsn{code: jeq, k: nhDestOptions, jt: "accept"},
-			bpfInsn{code: ja, jt: "drop"},
-			bpfInsn{label: "udp6"},
-			bpfInsn{code: ldAbsH, k: skfNetOff + ipv6HeaderLen + 2}, // UDP destination port
-		)
-	default:
-		return nil, fmt.Errorf("udpstream: no filter for IP version %d", family)
+	var p []bpfInsn
+	if family == 4 {
+		p = []bpfInsn{
+			{code: ldAbsB, k: base + 9}, // protocol
+			{code: jeq, k: protoUDP, jf: "drop"},
+			{code: ldAbsH, k: base + 6}, // flags and fragment offset
+			{code: jset, k: ipv4FlagMF | ipv4OffsetMask, jt: "accept"},
+			{code: ldxMsh, k: base},     // X = IHL * 4
+			{code: ldIndH, k: base + 2}, // UDP destination port
+		}
+	} else {
+		p = []bpfInsn{
+			{code: ldAbsB, k: base + 6}, // next header
+			{code: jeq, k: protoUDP, jt: prefix + "udp6"},
+			{code: jeq, k: nhFragment, jt: "accept"},
+			{code: jeq, k: nhHopByHop, jt: "accept"},
+			{code: jeq, k: nhRouting, jt: "accept"},
+			{code: jeq, k: nhDestOptions, jt: "accept"},
+			{code: ja, jt: "drop"},
+			{label: prefix + "udp6"},
+			{code: ldAbsH, k: base + ipv6HeaderLen + 2}, // UDP destination port
+		}
 	}
 	if allPorts {
-		p = append(p, bpfInsn{code: ja, jt: "accept"})
-	} else {
-		p = append(p, bpfInsn{code: jeq, k: uint32(port), jt: "accept", jf: "drop"})
+		return append(p, bpfInsn{code: ja, jt: "accept"})
 	}
-	p = append(p,
-		bpfInsn{label: "accept"},
-		bpfInsn{code: ret, k: bpfAccept},
-		bpfInsn{label: "drop"},
-		bpfInsn{code: ret, k: 0},
-	)
-	return assembleBPF(p)
+	return append(p, bpfInsn{code: jeq, k: uint32(port), jt: "accept", jf: "drop"})
 }
 
 // dropAllFilter is a filter that keeps nothing: the port-reservation socket

@@ -930,3 +930,70 @@ func TestGSO(t *testing.T) {
 		}
 	}
 }
+
+// TestTunLink receives over a tun device, a link with no link-layer
+// header, where the kernel filter reads relative to the IP header.
+func TestTunLink(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	tun, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.Close()
+	ifr, err := unix.NewIfreq("tun0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ifr.SetUint16(unix.IFF_TUN | unix.IFF_NO_PI)
+	rc, err := tun.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.TUNSETIFF, ifr) }); err != nil || ierr != nil {
+		t.Fatalf("TUNSETIFF: %v %v", err, ierr)
+	}
+	ip(t, "link", "set", "tun0", "up")
+	ip(t, "addr", "add", "10.9.0.1/24", "dev", "tun0")
+	ip(t, "-6", "addr", "add", "fd00:9::1/64", "dev", "tun0", "nodad")
+
+	s := openT(t, 0, Payload, WithInterface("tun0"))
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("10.9.0.2").As4(), netip.MustParseAddr("10.9.0.1").As4()
+	h6 := v6()
+	h6.src, h6.dst = netip.MustParseAddr("fd00:9::2").As16(), netip.MustParseAddr("fd00:9::1").As16()
+	tcp := h
+	tcp.proto = 6 // TCP
+	seg := make([]byte, 20)
+	binary.BigEndian.PutUint16(seg[2:], s.Port())
+	for _, pkt := range [][]byte{
+		h.udp(4000, s.Port()+1, []byte("other port")),
+		tcp.packet(seg),
+		h.udp(4000, s.Port(), []byte("over tun 4")),
+		h6.udp(4000, s.Port()+1, []byte("other port 6")),
+		h6.udp(4000, s.Port(), []byte("over tun 6")),
+	} {
+		if _, err := tun.Write(pkt); err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := map[string]bool{} // the families' sockets keep no order between them
+	for range 2 {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Header.IfIndex == 0 {
+			t.Fatalf("%q: no interface", p.Value)
+		}
+		got[string(p.Value)] = true
+	}
+	if !got["over tun 4"] || !got["over tun 6"] {
+		t.Fatalf("got %v, want both families' datagrams", got)
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+	// The kernel filter kept the rest from user space: nothing counted.
+	if st := s.Stats(); st.Delivered != 2 || st.Dropped() != 0 {
+		t.Fatalf("stats %+v, want 2 delivered and nothing reaching user space to drop", st)
+	}
+}
