@@ -22,8 +22,12 @@
 // What reaches the channel is what the kernel would hand a UDP socket bound
 // to the unspecified address: well-formed datagrams to the port whose
 // destination is an address of this host, with a valid checksum (or one the
-// kernel vouched for). Everything else is dropped and counted by reason in
-// Stats.
+// kernel vouched for), reassembled from fragments, and split out of the UDP
+// GSO super-packets a sender on this host may pass over loopback or veth.
+// Everything else is dropped and counted by reason in Stats.
+//
+// The receive goroutines hand datagrams over in batches, when the ring has
+// no more ready or after 256, so the consumer is woken once per batch.
 package udpstream
 
 import (
