@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"slices"
 	"sync/atomic"
+	"time"
 )
 
 // addrSet is one snapshot of the host's addresses. It is immutable once
@@ -69,7 +70,20 @@ type localAddrs struct {
 	// calls it on a miss, so that a datagram to an address added a
 	// moment ago is not judged by a stale set.
 	refresh func() bool
+	// lastRefresh is when lookup last called refresh (monotonic
+	// nanoseconds since clockBase), so that a flood of datagrams to other
+	// hosts' addresses costs at most one refresh per missRefreshEvery.
+	lastRefresh atomic.Int64
 }
+
+// missRefreshEvery bounds how often misses refresh the address set. The
+// watcher applies changes as they are announced; the refresh on a miss
+// only closes the moment between an announcement and the watcher's
+// wakeup.
+const missRefreshEvery = 100 * time.Microsecond
+
+// clockBase anchors the monotonic readings of lastRefresh.
+var clockBase = time.Now()
 
 // lookup reports whether a datagram to a would be delivered locally, and
 // the address set that said so.
@@ -79,10 +93,12 @@ func (l *localAddrs) lookup(a netip.Addr) (*addrSet, bool) {
 		return set, true
 	}
 	if l.refresh != nil {
-		// Load again even when refresh found nothing pending: another
-		// goroutine may have read the change and stored the new set
-		// while this one waited for its turn.
-		l.refresh()
+		now := int64(time.Since(clockBase))
+		if last := l.lastRefresh.Load(); (last == 0 || now-last >= int64(missRefreshEvery)) && l.lastRefresh.CompareAndSwap(last, now) {
+			l.refresh()
+		}
+		// Load again even when refresh found nothing pending or did not
+		// run: another goroutine may have stored a new set meanwhile.
 		set = l.cur.Load()
 		return set, set.has(a)
 	}
