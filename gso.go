@@ -95,3 +95,45 @@ func onesAdd(a, b uint16) uint16 {
 	s := uint32(a) + uint32(b)
 	return uint16(s + s>>16)
 }
+
+// gsoMaxSegments is the most datagrams a sender may pass as one
+// super-packet (UDP_MAX_SEGMENTS).
+const gsoMaxSegments = 128
+
+// gsoCount returns how many datagrams an IP datagram of ipLen bytes held,
+// given its first bytes (head) and its segment size from parseVnetHdr: 1
+// unless it is a UDP GSO super-packet. IPv6 extension headers that head
+// does not show whole count as payload.
+func gsoCount(head []byte, ipLen, size int) int {
+	if size <= 0 || len(head) == 0 {
+		return 1
+	}
+	hdr := 0
+	switch head[0] >> 4 {
+	case 4:
+		hdr = int(head[0]&0x0f) * 4
+	case 6:
+		hdr = ipv6HeaderLen
+		if len(head) < ipv6HeaderLen {
+			break
+		}
+		for nh := head[6]; nh == nhHopByHop || nh == nhRouting || nh == nhDestOptions || nh == nhFragment; {
+			if len(head) < hdr+2 {
+				break
+			}
+			n := 8
+			if nh != nhFragment {
+				n = (int(head[hdr+1]) + 1) * 8
+			}
+			nh = head[hdr]
+			hdr += n
+		}
+	default:
+		return 1
+	}
+	payload := ipLen - hdr - udpHeaderLen
+	if payload <= size {
+		return 1
+	}
+	return min((payload+size-1)/size, gsoMaxSegments)
+}

@@ -138,6 +138,34 @@ func TestGSOSegmentRejects(t *testing.T) {
 	}
 }
 
+func TestGSOCount(t *testing.T) {
+	v4opts := v4()
+	v4opts.opts = make([]byte, 8)
+	for _, c := range []struct {
+		name        string
+		head        []byte
+		ipLen, size int
+		want        int
+	}{
+		{"plain", v4().udp(4000, testPort, payloadOf(100)), 128, 0, 1},
+		{"other GSO", v4().udp(4000, testPort, payloadOf(100)), 128, -1, 1},
+		{"v4 3 segments", v4().udp(4000, testPort, payloadOf(100))[:40], 20 + 8 + 2500, 1000, 3},
+		{"v4 exact", v4().udp(4000, testPort, nil), 20 + 8 + 3000, 1000, 3},
+		{"v4 options", v4opts.udp(4000, testPort, nil), 28 + 8 + 3001, 1000, 4},
+		{"v6", v6().udp(4000, testPort, nil), 40 + 8 + 3600, 1200, 3},
+		{"v6 extension headers", v6(hbh(), optsHdr(nhDestOptions, 24)).udp(4000, testPort, nil), 40 + 32 + 8 + 64*9, 64, 9},
+		{"one segment", v6().udp(4000, testPort, nil), 40 + 8 + 700, 1200, 1},
+		{"capped", v4().udp(4000, testPort, nil), 65535, 1, gsoMaxSegments},
+		{"empty head", nil, 3000, 1000, 1},
+		{"not IP", []byte{0x50}, 3000, 1000, 1},
+		{"length below the headers", v4().udp(4000, testPort, nil), 10, 1000, 1},
+	} {
+		if got := gsoCount(c.head, c.ipLen, c.size); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+}
+
 func TestParseVnetHdr(t *testing.T) {
 	h := func(gsoType uint8, size uint16) []byte {
 		b := make([]byte, vnetHdrLen)
@@ -195,6 +223,12 @@ func FuzzGSO(f *testing.F) {
 		// At most 64 segments (the kernel's own limit), so that each run
 		// stays short.
 		seg := max(int(size), (len(p.udp)-8+63)/64)
-		checkSegments(t, frame, seg)
+		n := checkSegments(t, frame, seg)
+		// What the drop count would say of it, from its first bytes.
+		// (A super-packet's IP and UDP lengths agree; these may not.)
+		ipLen := len(p.ip) - len(p.l4) + len(p.udp)
+		if got := gsoCount(frame[:min(len(frame), 512)], ipLen, seg); got != min(n, gsoMaxSegments) {
+			t.Fatalf("gsoCount %d for %d segments", got, n)
+		}
 	})
 }

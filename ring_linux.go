@@ -228,7 +228,8 @@ func (ps *packetSocket) ready() bool {
 // peek returns the next ready frame's packet and metadata, or ok false when
 // the ring is empty. A frame too long for its slot is read from the
 // socket's queue instead; one the kernel could not keep whole is reported
-// with tooLong. The frame stays owned by user space until release.
+// with tooLong and what the slot holds of it. The frame stays owned by
+// user space until release.
 func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool) {
 	st := atomic.LoadUint32(ps.status(ps.next))
 	if st&unix.TP_STATUS_USER == 0 {
@@ -246,10 +247,13 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 	m.ifIndex = int(int32(binary.NativeEndian.Uint32(f[sllIfIdx:])))
 	m.vouched = st&(unix.TP_STATUS_CSUMNOTREADY|unix.TP_STATUS_CSUM_VALID) != 0
 	losing = st&unix.TP_STATUS_LOSING != 0
+	m.gso, m.ipLen = 0, 0
 	if mac < frameHdr+vnetHdrLen || net < mac || mac+snap > len(f) {
 		return nil, true, losing, true
 	}
 	ll := net - mac
+	m.gso = parseVnetHdr(f[mac-vnetHdrLen : mac])
+	m.ipLen = n - ll
 
 	if st&unix.TP_STATUS_COPY != 0 {
 		// The whole packet waits on the socket's queue, in ring order,
@@ -259,15 +263,14 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 		}
 		got, err := unix.Read(ps.fd, ps.big)
 		if err != nil || got != vnetHdrLen+n {
-			return nil, true, losing, true
+			return f[net : mac+snap], true, losing, true
 		}
 		m.gso = parseVnetHdr(ps.big)
 		return ps.big[vnetHdrLen+ll : got], false, losing, true
 	}
 	if snap < n {
-		return nil, true, losing, true
+		return f[net : mac+snap], true, losing, true
 	}
-	m.gso = parseVnetHdr(f[mac-vnetHdrLen : mac])
 	return f[net : mac+snap], false, losing, true
 }
 

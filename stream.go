@@ -318,6 +318,7 @@ type frameMeta struct {
 	sec     uint32
 	nsec    uint32
 	gso     int // segment size of a UDP GSO super-packet; -1 another kind
+	ipLen   int // length of the whole IP datagram
 }
 
 func (m *frameMeta) flags() classifyFlags {

@@ -163,7 +163,8 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 		}
 		var err error
 		if tooLong {
-			h.counts.drops[dropTooLong].Add(1)
+			// A super-packet is as many datagrams lost.
+			h.counts.drops[dropTooLong].Add(uint64(gsoCount(pkt, m.ipLen, m.gso)))
 		} else {
 			err = h.handle(ctx, pkt, &m)
 		}
