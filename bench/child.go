@@ -72,6 +72,34 @@ func startChild(role string, passthrough io.Writer, args ...string) (*child, err
 	return c, nil
 }
 
+// How long a child has to say it is ready, and to exit once told to.
+const (
+	childReadyTimeout  = 10 * time.Second
+	childFinishTimeout = 5 * time.Second
+)
+
+// startReady starts a child, as startChild does, and waits until it says
+// it is ready; one that does not is finished before the error returns.
+func startReady(role string, passthrough io.Writer, args ...string) (*child, error) {
+	c, err := startChild(role, passthrough, args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.ready(childReadyTimeout); err != nil {
+		_ = c.finish(childFinishTimeout)
+		return nil, err
+	}
+	return c, nil
+}
+
+// finishInto finishes the child and, when *err is nil, sets it to what
+// finishing returned: for a deferred call.
+func (c *child) finishInto(err *error) {
+	if ferr := c.finish(childFinishTimeout); *err == nil {
+		*err = ferr
+	}
+}
+
 // next decodes the child's next line of output into v, waiting at most
 // timeout.
 func (c *child) next(timeout time.Duration, v any) error {

@@ -201,21 +201,14 @@ func (o *orchestrator) measureInto(m *measurement, r runSpec, recv string, round
 		file := fmt.Sprintf("%s-%s-r%d.prof", r.Name, strings.ReplaceAll(recv, "/", "-"), round+1)
 		args = append(args, "-cpuprofile", filepath.Join(cfg.profileDir, file))
 	}
-	rc, err := startChild(roleReceiver, o.verbose, args...)
+	rc, err := startReady(roleReceiver, o.verbose, args...)
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if ferr := rc.finish(5 * time.Second); err == nil {
-			err = ferr
-		}
-	}()
-	if err := rc.ready(10 * time.Second); err != nil {
-		return err
-	}
+	defer rc.finishInto(&err)
 
 	if r.Flood {
-		fc, err := startChild(roleFlood, o.verbose,
+		fc, err := startReady(roleFlood, o.verbose,
 			"-family", strconv.Itoa(r.Family),
 			"-udp-port", strconv.Itoa(cfg.port+1),
 			"-tcp-port", strconv.Itoa(cfg.port+2),
@@ -223,14 +216,7 @@ func (o *orchestrator) measureInto(m *measurement, r runSpec, recv string, round
 		if err != nil {
 			return err
 		}
-		defer func() {
-			if ferr := fc.finish(5 * time.Second); err == nil {
-				err = ferr
-			}
-		}()
-		if err := fc.ready(10 * time.Second); err != nil {
-			return err
-		}
+		defer fc.finishInto(&err)
 		time.Sleep(100 * time.Millisecond) // let the flood reach full rate
 	}
 

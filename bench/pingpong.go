@@ -67,17 +67,9 @@ type pingSummary struct {
 
 func (p *pingReport) summarize() {
 	p.Summary = nil
-	byRound := map[int]map[string]*pingResult{}
-	for i := range p.Measurements {
-		m := &p.Measurements[i]
-		if m.Error != "" || m.Trips == 0 {
-			continue
-		}
-		if byRound[m.Round] == nil {
-			byRound[m.Round] = map[string]*pingResult{}
-		}
-		byRound[m.Round][m.Server] = m
-	}
+	byRound := indexByRound(p.Measurements, func(m *pingResult) (int, string, bool) {
+		return m.Round, m.Server, m.Error == "" && m.Trips > 0
+	})
 	for _, server := range pingServers {
 		s := pingSummary{Server: server}
 		var p50s, p99s, r50s, r99s []figure
@@ -124,21 +116,14 @@ func (o *orchestrator) pingPong(family int, server string, round int) pingResult
 
 func (o *orchestrator) pingPongInto(res *pingResult, family int, server string) (err error) {
 	port := o.cfg.port + 3
-	c, err := startChild(roleEcho, o.verbose,
+	c, err := startReady(roleEcho, o.verbose,
 		"-server", server,
 		"-port", strconv.Itoa(port),
 		"-max-time", (o.cfg.timeout + 5*time.Second).String())
 	if err != nil {
 		return err
 	}
-	defer func() {
-		if ferr := c.finish(5 * time.Second); err == nil {
-			err = ferr
-		}
-	}()
-	if err := c.ready(10 * time.Second); err != nil {
-		return err
-	}
+	defer c.finishInto(&err)
 	rtts, lost, err := pingClient(netip.AddrPortFrom(loopback(family), uint16(port)), o.cfg.pingPong, time.Now().Add(o.cfg.timeout))
 	res.Lost, res.Trips = lost, len(rtts)
 	if len(rtts) > 0 {

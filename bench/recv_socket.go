@@ -93,60 +93,53 @@ func openXNetBatch(c recvConfig, m *meter) (*session, error) {
 		return nil, err
 	}
 
-	l4 := m.newLane()
-	loop4 := func() {
-		ms := newBatch(ipv4.NewControlMessage(flags4))
-		var cm ipv4.ControlMessage
-		for {
-			n, err := p4.ReadBatch(ms, 0)
-			if err != nil {
-				if !endOfLoop(err) {
-					l4.fail(err)
-				}
-				return
-			}
-			for i := range ms[:n] {
-				msg := &ms[i]
-				ua, ok := msg.Addr.(*net.UDPAddr)
-				if !ok || cm.Parse(msg.OOB[:msg.NN]) != nil {
-					l4.other++
-					continue
-				}
-				dst, _ := netip.AddrFromSlice(cm.Dst)
-				if l4.take(ua.AddrPort(), dst, uint8(cm.TTL), touch(msg.Buffers[0][:msg.N])) {
-					return
-				}
-			}
-		}
-	}
-	l6 := m.newLane()
-	loop6 := func() {
-		ms := newBatch(ipv6.NewControlMessage(flags6))
-		var cm ipv6.ControlMessage
-		for {
-			n, err := p6.ReadBatch(ms, 0)
-			if err != nil {
-				if !endOfLoop(err) {
-					l6.fail(err)
-				}
-				return
-			}
-			for i := range ms[:n] {
-				msg := &ms[i]
-				ua, ok := msg.Addr.(*net.UDPAddr)
-				if !ok || cm.Parse(msg.OOB[:msg.NN]) != nil {
-					l6.other++
-					continue
-				}
-				dst, _ := netip.AddrFromSlice(cm.Dst)
-				if l6.take(ua.AddrPort(), dst, uint8(cm.HopLimit), touch(msg.Buffers[0][:msg.N])) {
-					return
-				}
-			}
-		}
-	}
+	var cm4 ipv4.ControlMessage
+	loop4 := batchLoop(m.newLane(), ipv4.NewControlMessage(flags4), p4.ReadBatch, func(oob []byte) (net.IP, int, error) {
+		err := cm4.Parse(oob)
+		return cm4.Dst, cm4.TTL, err
+	})
+	var cm6 ipv6.ControlMessage
+	loop6 := batchLoop(m.newLane(), ipv6.NewControlMessage(flags6), p6.ReadBatch, func(oob []byte) (net.IP, int, error) {
+		err := cm6.Parse(oob)
+		return cm6.Dst, cm6.HopLimit, err
+	})
 	s.loops = []func(){loop4, loop6}
 	return s, nil
+}
+
+// batchLoop returns the receive loop of one x/net PacketConn: read a
+// batch, and take each datagram whose source and control message (parse
+// returns its destination and TTL or hop limit) can be read.
+func batchLoop(l *lane, oob []byte, read func([]ipv4.Message, int) (int, error), parse func(oob []byte) (dst net.IP, ttl int, err error)) func() {
+	return func() {
+		ms := newBatch(oob)
+		for {
+			n, err := read(ms, 0)
+			if err != nil {
+				if !endOfLoop(err) {
+					l.fail(err)
+				}
+				return
+			}
+			for i := range ms[:n] {
+				msg := &ms[i]
+				ua, ok := msg.Addr.(*net.UDPAddr)
+				if !ok {
+					l.other++
+					continue
+				}
+				dst, ttl, err := parse(msg.OOB[:msg.NN])
+				if err != nil {
+					l.other++
+					continue
+				}
+				d, _ := netip.AddrFromSlice(dst)
+				if l.take(ua.AddrPort(), d, uint8(ttl), touch(msg.Buffers[0][:msg.N])) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // batchBuffer is the payload buffer of each message of a batch: larger

@@ -129,16 +129,24 @@ type targetLine struct {
 
 // byRound indexes a run's good measurements by round and receiver.
 func (r *runReport) byRound() map[int]map[string]*measurement {
-	out := map[int]map[string]*measurement{}
-	for i := range r.Measurements {
-		m := &r.Measurements[i]
-		if m.Error != "" || m.Delivered == 0 {
+	return indexByRound(r.Measurements, func(m *measurement) (int, string, bool) {
+		return m.Round, m.Receiver, m.Error == "" && m.Delivered > 0
+	})
+}
+
+// indexByRound indexes the items that key calls good by their round and
+// name.
+func indexByRound[T any](items []T, key func(*T) (round int, name string, good bool)) map[int]map[string]*T {
+	out := map[int]map[string]*T{}
+	for i := range items {
+		round, name, good := key(&items[i])
+		if !good {
 			continue
 		}
-		if out[m.Round] == nil {
-			out[m.Round] = map[string]*measurement{}
+		if out[round] == nil {
+			out[round] = map[string]*T{}
 		}
-		out[m.Round][m.Receiver] = m
+		out[round][name] = &items[i]
 	}
 	return out
 }

@@ -267,29 +267,24 @@ func runFlood(family, udpPort, tcpPort int, maxTime time.Duration, stdout io.Wri
 	// Every loop is bounded in count as well as by the deadline.
 	const maxOps = 1 << 24
 	var wg sync.WaitGroup
-	wg.Go(func() { // the TCP reader
-		buf := make([]byte, 64<<10)
-		for range maxOps {
-			if stop.Load() {
-				return
-			}
-			if _, err := server.Read(buf); err != nil {
-				return
-			}
-		}
-	})
-	wg.Go(func() { // the TCP writer
-		buf := make([]byte, 64<<10)
-		for range maxOps {
-			if stop.Load() {
-				return
-			}
-			if _, err := client.Write(buf); err != nil {
-				return
+	// stream moves 64 KiB at a time through op until told to stop.
+	stream := func(op func([]byte) (int, error)) func() {
+		return func() {
+			buf := make([]byte, 64<<10)
+			for range maxOps {
+				if stop.Load() {
+					return
+				}
+				if _, err := op(buf); err != nil {
+					return
+				}
 			}
 		}
-	})
-	wg.Go(func() { // the UDP blaster, bounded by count and time
+	}
+	wg.Go(stream(server.Read))  // the TCP reader
+	wg.Go(stream(client.Write)) // the TCP writer
+	// The UDP blaster, bounded by count and time.
+	wg.Go(func() {
 		_, _ = b.send(maxOps*sendBatch, deadline, &stop)
 	})
 
