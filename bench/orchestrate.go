@@ -208,7 +208,10 @@ func (o *orchestrator) measureInto(m *measurement, r runSpec, recv string, round
 	defer rc.finishInto(&err)
 
 	if r.Flood {
-		fc, err := startReady(roleFlood, o.verbose,
+		// Assigned, not declared: the deferred finish reports into
+		// measureInto's own error.
+		var fc *child
+		fc, err = startReady(roleFlood, o.verbose,
 			"-family", strconv.Itoa(r.Family),
 			"-udp-port", strconv.Itoa(cfg.port+1),
 			"-tcp-port", strconv.Itoa(cfg.port+2),
