@@ -39,17 +39,22 @@ func refSum(start uint16, b []byte) uint16 {
 // refUDPChecksum is the checksum field value for UDP segment seg (whose own
 // checksum field is ignored) between the given addresses (4 or 16 bytes).
 func refUDPChecksum(src, dst, seg []byte) uint16 {
-	var pseudo []byte
-	pseudo = append(pseudo, src...)
-	pseudo = append(pseudo, dst...)
-	pseudo = append(pseudo, 0, protoUDP, byte(len(seg)>>8), byte(len(seg)))
 	body := bytes.Clone(seg)
 	body[6], body[7] = 0, 0
-	c := ^refSum(refSum(0, pseudo), body)
+	c := ^refSum(refPseudoSum(src, dst, len(seg)), body)
 	if c == 0 {
 		c = 0xffff
 	}
 	return c
+}
+
+// refPseudoSum is the reference sum of a UDP pseudo-header.
+func refPseudoSum(src, dst []byte, udpLen int) uint16 {
+	var pseudo []byte
+	pseudo = append(pseudo, src...)
+	pseudo = append(pseudo, dst...)
+	pseudo = append(pseudo, 0, protoUDP, byte(udpLen>>8), byte(udpLen))
+	return refSum(0, pseudo)
 }
 
 // udpSegment builds a UDP header and payload with a correct checksum.

@@ -16,6 +16,18 @@ const (
 	bpfAccept    = 0xffffffff // snap length: the whole packet
 )
 
+// The classic BPF instructions the filters use.
+const (
+	ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
+	ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
+	ldIndH = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
+	ldxMsh = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
+	jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
+	jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
+	ja     = unix.BPF_JMP | unix.BPF_JA
+	ret    = unix.BPF_RET | unix.BPF_K
+)
+
 // bpfInsn is an instruction whose jump targets are labels; "" means the
 // next instruction.
 type bpfInsn struct {
@@ -38,13 +50,6 @@ type bpfInsn struct {
 // before 6.15 can do only while the headers are in the packet's linear
 // part, as they are on such links (tun, WireGuard, tunnels) in practice.
 func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.SockFilter, error) {
-	const (
-		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
-		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
-		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		ja     = unix.BPF_JMP | unix.BPF_JA
-		ret    = unix.BPF_RET | unix.BPF_K
-	)
 	if family != 4 && family != 6 {
 		return nil, fmt.Errorf("udpstream: no filter for IP version %d", family)
 	}
@@ -78,15 +83,6 @@ func portFilter(family uint8, port uint16, allPorts, otherHost bool) ([]unix.Soc
 // with the IP header at offset base; it ends in a jump to "accept" or
 // "drop". Its own labels start with prefix.
 func portMatch(family uint8, port uint16, allPorts bool, base uint32, prefix string) []bpfInsn {
-	const (
-		ldAbsB = unix.BPF_LD | unix.BPF_B | unix.BPF_ABS
-		ldAbsH = unix.BPF_LD | unix.BPF_H | unix.BPF_ABS
-		ldIndH = unix.BPF_LD | unix.BPF_H | unix.BPF_IND
-		ldxMsh = unix.BPF_LDX | unix.BPF_B | unix.BPF_MSH
-		jeq    = unix.BPF_JMP | unix.BPF_JEQ | unix.BPF_K
-		jset   = unix.BPF_JMP | unix.BPF_JSET | unix.BPF_K
-		ja     = unix.BPF_JMP | unix.BPF_JA
-	)
 	var p []bpfInsn
 	if family == 4 {
 		p = []bpfInsn{
@@ -118,7 +114,7 @@ func portMatch(family uint8, port uint16, allPorts bool, base uint32, prefix str
 
 // dropAllFilter is a filter that keeps nothing: the port-reservation socket
 // must never queue data.
-var dropAllFilter = []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 0}}
+var dropAllFilter = []unix.SockFilter{{Code: ret, K: 0}}
 
 // assembleBPF resolves labels into the relative jump offsets of classic BPF.
 func assembleBPF(src []bpfInsn) ([]unix.SockFilter, error) {

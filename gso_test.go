@@ -22,14 +22,10 @@ func superPacket(t testing.TB, frame []byte) []byte {
 // partialSum is the folded pseudo-header sum for a UDP length, computed
 // with the reference summer.
 func partialSum(frame []byte, udpLen int) uint16 {
-	var pseudo []byte
 	if frame[0]>>4 == 4 {
-		pseudo = append(pseudo, frame[12:20]...)
-	} else {
-		pseudo = append(pseudo, frame[8:40]...)
+		return refPseudoSum(frame[12:16], frame[16:20], udpLen)
 	}
-	pseudo = append(pseudo, 0, protoUDP, byte(udpLen>>8), byte(udpLen))
-	return refSum(0, pseudo)
+	return refPseudoSum(frame[8:24], frame[24:40], udpLen)
 }
 
 // checkSegments splits super into segments of size and checks each against

@@ -378,14 +378,11 @@ func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) 
 	if m.gso > 0 {
 		v = classify(frame, h.fam, h.port, m.flags(), &h.p)
 	}
-	switch v {
-	case deliver, dropOtherPort:
-	case fragment:
-		h.counts.drops[dropUnsupported].Add(1) // a super-packet is never fragmented
-		return nil
-	default:
-		h.counts.drops[v].Add(1)
-		return nil
+	if v == fragment {
+		v = dropUnsupported // a super-packet is never fragmented
+	}
+	if v != deliver && v != dropOtherPort {
+		return h.finish(ctx, v, m, 1) // counts it
 	}
 	// Views of frame, which stays put while its segments are handled.
 	hdr, udp := h.p.ip[:len(h.p.ip)-len(h.p.l4)], h.p.udp
