@@ -837,6 +837,21 @@ func (r *reassembler) expireLocked(now time.Time) {
 	}
 }
 
+// abandon forgets every datagram in reassembly, for a stream that ends,
+// and returns how many there were, tombstones (already counted) excluded.
+func (r *reassembler) abandon() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for d := r.oldest; d != nil; d = r.oldest {
+		if !d.dead {
+			n++
+		}
+		r.remove(d)
+	}
+	return n
+}
+
 // drops returns how many datagrams timed out and how many were evicted to
 // honour the limits, since the reassembler began. They are the drops that
 // befall datagrams other than the one add is called for; drops add

@@ -25,17 +25,8 @@ func parseIPv4(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 	if ihl < ipv4MinHeaderLen || ihl > len(b) {
 		return dropMalformedIPHeader
 	}
-	total := int(binary.BigEndian.Uint16(b[2:]))
-	if total < ihl || total > len(b) {
-		return dropMalformedIPLength
-	}
-	b = b[:total] // trim link-layer padding
-	// A packet socket sees the packet before the IP layer has checked it.
-	if fold(sumLE(0, b[:ihl])) != 0xffff {
-		return dropBadIPChecksum
-	}
-
-	p.ip = b
+	// The header's fields are recorded before they are checked, so that
+	// a packet dropped for them shows what it said.
 	p.Version = 4
 	p.TOS = b[1]
 	p.ID = uint32(binary.BigEndian.Uint16(b[4:]))
@@ -47,9 +38,20 @@ func parseIPv4(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 	p.Src = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[12:16])), 0)
 	p.Dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(b[16:20])), 0)
 	if ihl > ipv4MinHeaderLen {
-		p.Options = b[ipv4MinHeaderLen:ihl]
+		p.Options = b[ipv4MinHeaderLen:ihl:ihl]
 	}
 	p.Fragments = 1
+
+	total := int(binary.BigEndian.Uint16(b[2:]))
+	if total < ihl || total > len(b) {
+		return dropMalformedIPLength
+	}
+	b = b[:total] // trim link-layer padding
+	// A packet socket sees the packet before the IP layer has checked it.
+	if fold(sumLE(0, b[:ihl])) != 0xffff {
+		return dropBadIPChecksum
+	}
+	p.ip = b
 	p.l4 = b[ihl:]
 
 	if proto != protoUDP {

@@ -29,6 +29,17 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 	if len(b) < ipv6HeaderLen {
 		return dropMalformedIPHeader
 	}
+	// The header's fields are recorded before they are checked, so that
+	// a packet dropped for them shows what it said.
+	p.Version = 6
+	vtf := binary.BigEndian.Uint32(b)
+	p.TOS = uint8(vtf >> 20)
+	p.FlowLabel = vtf & 0xfffff
+	p.TTL = b[7]
+	p.Src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), 0)
+	p.Dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), 0)
+	p.Fragments = 1
+
 	plen := int(binary.BigEndian.Uint16(b[4:]))
 	if plen == 0 {
 		// Payload length 0 means a Hop-by-Hop Jumbo Payload option
@@ -39,16 +50,7 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 		return dropMalformedIPLength
 	}
 	b = b[:ipv6HeaderLen+plen]
-
 	p.ip = b
-	p.Version = 6
-	vtf := binary.BigEndian.Uint32(b)
-	p.TOS = uint8(vtf >> 20)
-	p.FlowLabel = vtf & 0xfffff
-	p.TTL = b[7]
-	p.Src = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[8:24])), 0)
-	p.Dst = netip.AddrPortFrom(netip.AddrFrom16([16]byte(b[24:40])), 0)
-	p.Fragments = 1
 
 	nh := b[6]
 	off := ipv6HeaderLen

@@ -44,6 +44,7 @@ type config struct {
 	bufferSize     int
 	chanCap        int
 	portErrors     bool
+	dropErrors     bool
 	monitor        bool
 	anyDestination bool
 	fanout         int
@@ -150,6 +151,21 @@ func WithChannelCapacity(n int) Option {
 func WithPortErrors() Option {
 	return Option{func(c *config) error {
 		c.portErrors = true
+		return nil
+	}}
+}
+
+// WithDropErrors makes datagrams that are dropped for being malformed, for
+// a bad checksum or for being too long for the receive buffer reach the
+// channel as Packets whose Err wraps ErrMalformed, ErrChecksum or
+// ErrBufsizeTooShort, with the Header filled as far as the parse got (a
+// truncated header leaves the rest zero) and Value zero: the decoder does
+// not see them. They are still counted among the drops in Stats, not as
+// delivered. Security and measurement tools use it to see malformed
+// traffic; by default it is only counted.
+func WithDropErrors() Option {
+	return Option{func(c *config) error {
+		c.dropErrors = true
 		return nil
 	}}
 }

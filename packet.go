@@ -3,15 +3,16 @@ package udpstream
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"net/netip"
 	"time"
 )
 
 // Errors of the stream's datagrams, compared with errors.Is. Packet.Err
-// carries ErrNotDestPort (with WithPortErrors) and ErrDecoderPanic; the
-// other three name kinds of packet the stream drops and counts in Stats
-// (TooLong, Malformed, BadIPChecksum, BadUDPChecksum, ZeroUDPChecksum)
-// rather than delivers.
+// carries ErrNotDestPort (with WithPortErrors), ErrBufsizeTooShort,
+// ErrMalformed and ErrChecksum (with WithDropErrors), and a
+// *DecoderPanicError, which matches ErrDecoderPanic. Without those
+// options, datagrams of those kinds are dropped and counted in Stats.
 var (
 	// ErrNotDestPort marks a well-formed UDP datagram addressed to a port
 	// other than the listened one. It reaches the channel only with
@@ -19,21 +20,54 @@ var (
 	ErrNotDestPort = errors.New("udpstream: datagram not for the listened port")
 
 	// ErrBufsizeTooShort marks a datagram larger than the receive buffer
-	// could hold.
+	// could hold (Stats.TooLong). It reaches the channel only with
+	// WithDropErrors.
 	ErrBufsizeTooShort = errors.New("udpstream: datagram larger than the receive buffer")
 
-	// ErrMalformed marks a packet whose IP or UDP header is inconsistent.
+	// ErrMalformed marks a packet whose IP or UDP header is inconsistent
+	// (Stats.Malformed); the error's text names what was wrong. It
+	// reaches the channel only with WithDropErrors.
 	ErrMalformed = errors.New("udpstream: malformed packet")
 
 	// ErrChecksum marks a packet whose IPv4 header or UDP checksum is wrong,
-	// or an IPv6 UDP datagram with a zero checksum.
+	// or an IPv6 UDP datagram with a zero checksum (Stats.BadIPChecksum,
+	// BadUDPChecksum, ZeroUDPChecksum). It reaches the channel only with
+	// WithDropErrors.
 	ErrChecksum = errors.New("udpstream: bad checksum")
 
-	// ErrDecoderPanic marks a datagram whose decoder panicked. The panic is
-	// recovered and the stream goes on; the error carries the panic value
-	// and the decoder's stack.
+	// ErrDecoderPanic is matched by the *DecoderPanicError of a datagram
+	// whose decoder panicked.
 	ErrDecoderPanic = errors.New("udpstream: decoder panicked")
 )
+
+// DecoderPanicError is the Packet.Err of a datagram whose decoder
+// panicked. The panic is recovered and the stream goes on. Its Error is
+// one line; the stack is in Stack, for errors.As:
+//
+//	var pe *udpstream.DecoderPanicError
+//	if errors.As(p.Err, &pe) {
+//		log.Printf("%v\n%s", pe, pe.Stack)
+//	}
+type DecoderPanicError struct {
+	// Value is what the decoder passed to panic.
+	Value any
+	// Stack is the decoder's goroutine stack at the panic, as
+	// runtime/debug.Stack formats it.
+	Stack []byte
+}
+
+func (e *DecoderPanicError) Error() string {
+	return fmt.Sprintf("%v: %v", ErrDecoderPanic, e.Value)
+}
+
+// Unwrap returns ErrDecoderPanic and, when the panic value is an error
+// (such as a runtime.Error), that error.
+func (e *DecoderPanicError) Unwrap() []error {
+	if err, ok := e.Value.(error); ok {
+		return []error{ErrDecoderPanic, err}
+	}
+	return []error{ErrDecoderPanic}
+}
 
 // ECN is the Explicit Congestion Notification codepoint of an IP header
 // (RFC 3168): the two low bits of the IPv4 TOS or IPv6 traffic class.
@@ -62,13 +96,17 @@ func (e ECN) String() string {
 
 // Header is the IP and UDP header of a received datagram. It is a plain
 // value owned by its Packet: the slices in it are never shared with the
-// library or the kernel.
+// library or the kernel, and their capacity is their length.
 type Header struct {
 	// Version is the IP version, 4 or 6.
 	Version uint8
 
 	// Src and Dst are the IP addresses and UDP ports. IPv4 addresses are
-	// 4-byte addresses, never IPv4-mapped IPv6 addresses.
+	// 4-byte addresses, never IPv4-mapped IPv6 addresses. An IPv6
+	// link-local address (fe80::/10, or a link-local multicast group as
+	// Dst) carries the name of the interface the datagram arrived on as
+	// its zone, as in fe80::1%eth0, since it means something only on that
+	// link; no other address has a zone.
 	Src, Dst netip.AddrPort
 
 	// TTL is the IPv4 time to live or the IPv6 hop limit, as it arrived.
@@ -131,7 +169,10 @@ func (h Header) ECN() ECN { return ECN(h.TOS & 3) }
 
 // Datagram is the view of one received datagram that a Decoder sees. Its
 // byte slices may point into kernel ring memory and are valid only during
-// the Decoder call: a decoder must copy what it keeps.
+// the Decoder call: a decoder must copy what it keeps. Each slice's
+// capacity is its length, so that appending to one copies it and slicing
+// past its end panics (a panic the stream recovers, see Decoder) rather
+// than reading or overwriting the bytes of other datagrams.
 type Datagram struct {
 	hdr *Header
 	ip  []byte
@@ -143,20 +184,21 @@ func (d *Datagram) Header() Header { return *d.hdr }
 
 // IP returns the whole IP datagram, headers included, reassembled when it
 // arrived in fragments. Valid only during the Decoder call.
-func (d *Datagram) IP() []byte { return d.ip }
+func (d *Datagram) IP() []byte { return d.ip[:len(d.ip):len(d.ip)] }
 
 // UDP returns the UDP header and payload. Valid only during the Decoder call.
-func (d *Datagram) UDP() []byte { return d.udp }
+func (d *Datagram) UDP() []byte { return d.udp[:len(d.udp):len(d.udp)] }
 
 // Payload returns the UDP payload. Valid only during the Decoder call.
-func (d *Datagram) Payload() []byte { return d.udp[udpHeaderLen:] }
+func (d *Datagram) Payload() []byte { return d.udp[udpHeaderLen:len(d.udp):len(d.udp)] }
 
 // A Decoder turns one received datagram into a value of the user's type T.
 // It runs on the stream's receive goroutine, one datagram at a time, so it
 // should be quick; the Datagram is valid only during the call. An error it
 // returns reaches the channel as Packet.Err, with the Header filled and
 // Value as the decoder returned it. A panic in a decoder is recovered and
-// reaches the channel as an error wrapping ErrDecoderPanic.
+// reaches the channel as a *DecoderPanicError, with the Header filled and
+// Value zero; the stream goes on.
 type Decoder[T any] func(d *Datagram) (T, error)
 
 // Payload is a Decoder that returns a copy of the UDP payload.

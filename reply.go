@@ -9,14 +9,37 @@ import (
 )
 
 // SendOptions set IP header fields of a datagram sent with ReplyWith or
-// Stream.Send. A zero field means the stream's default (WithSendOptions),
-// and where that is zero too, the system's.
+// Stream.Send. A field left unset (the zero Field) takes the stream's
+// default (WithSendOptions), and where that is unset too, the system's.
 type SendOptions struct {
 	// TTL is the IPv4 time to live or IPv6 hop limit, 1 to 255.
-	TTL int
+	TTL Field
 	// TOS is the IPv4 type of service or IPv6 traffic class byte, DSCP and
-	// ECN together, 1 to 255.
-	TOS int
+	// ECN together, 0 to 255.
+	TOS Field
+}
+
+// A Field is the value of an IP header field to send, or unset. The zero
+// Field is unset; Value sets one, zero included:
+//
+//	p.ReplyWith(answer, udpstream.SendOptions{TTL: udpstream.Value(255), TOS: udpstream.Value(0)})
+type Field struct {
+	v   uint8
+	set bool
+}
+
+// Value returns a Field set to v.
+func Value(v uint8) Field { return Field{v: v, set: true} }
+
+// Get returns the field's value and whether it is set.
+func (f Field) Get() (v uint8, ok bool) { return f.v, f.set }
+
+// String returns the value in decimal, or "unset".
+func (f Field) String() string {
+	if !f.set {
+		return "unset"
+	}
+	return strconv.Itoa(int(f.v))
 }
 
 // ErrNoSender is returned when sending from a stream in monitor mode,
@@ -24,21 +47,18 @@ type SendOptions struct {
 var ErrNoSender = errors.New("udpstream: monitor mode has no socket to send from")
 
 func (o SendOptions) valid() error {
-	if o.TTL < 0 || o.TTL > 255 {
-		return optionErr("TTL %d: want 1 to 255, or 0 for the default", o.TTL)
-	}
-	if o.TOS < 0 || o.TOS > 255 {
-		return optionErr("TOS %d: want 1 to 255, or 0 for the default", o.TOS)
+	if o.TTL.set && o.TTL.v == 0 {
+		return optionErr("TTL 0: want 1 to 255, or unset for the default")
 	}
 	return nil
 }
 
-// merged fills o's zero fields from the defaults d.
+// merged fills o's unset fields from the defaults d.
 func (o SendOptions) merged(d SendOptions) SendOptions {
-	if o.TTL == 0 {
+	if !o.TTL.set {
 		o.TTL = d.TTL
 	}
-	if o.TOS == 0 {
+	if !o.TOS.set {
 		o.TOS = d.TOS
 	}
 	return o

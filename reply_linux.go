@@ -31,7 +31,10 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 	buf := oobPool.Get().(*[128]byte)
 	defer oobPool.Put(buf)
 	oob := buf[:0]
-	src = src.Unmap()
+	// The link of a link-local address is ifIndex; its zone, which a
+	// received Header carries, is not looked up again.
+	src = src.Unmap().WithZone("")
+	dst = netip.AddrPortFrom(dst.Addr().WithZone(""), dst.Port())
 	if !tx.local.unicast(src) {
 		// A datagram that came to a broadcast or multicast address is
 		// answered from the interface's own address, which the kernel
@@ -52,11 +55,11 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 				copy(d[4:8], a[:])
 			}
 		}
-		if o.TTL != 0 {
-			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TTL, o.TTL)
+		if v, ok := o.TTL.Get(); ok {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TTL, int(v))
 		}
-		if o.TOS != 0 {
-			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TOS, o.TOS)
+		if v, ok := o.TOS.Get(); ok {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IP, unix.IP_TOS, int(v))
 		}
 	} else {
 		if src.Is6() || ifIndex != 0 {
@@ -71,11 +74,11 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 			// something only on the link the datagram came in on.
 			binary.NativeEndian.PutUint32(d[16:], uint32(ifIndex))
 		}
-		if o.TTL != 0 {
-			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT, o.TTL)
+		if v, ok := o.TTL.Get(); ok {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_HOPLIMIT, int(v))
 		}
-		if o.TOS != 0 {
-			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, o.TOS)
+		if v, ok := o.TOS.Get(); ok {
+			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, int(v))
 		}
 	}
 	_, _, err := tx.conn.WriteMsgUDPAddrPort(payload, oob, dst)

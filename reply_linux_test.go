@@ -3,6 +3,7 @@ package udpstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/netip"
 	"os"
@@ -71,12 +72,14 @@ func TestReplyHeaderFields(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	server := openT(t, 0, Payload, WithSendOptions(SendOptions{TTL: 9, TOS: 0x20}))
+	def := SendOptions{TTL: Value(9), TOS: Value(0xb8)}
+	server := openT(t, 0, Payload, WithSendOptions(def))
 	client := openT(t, 0, Payload)
 	for _, addr := range []string{"127.0.0.1", "::1"} {
 		dst := netip.AddrPortFrom(netip.MustParseAddr(addr), server.Port())
-		for i, perCall := range []SendOptions{{}, {TTL: 3, TOS: 0x28 | 1}} {
-			if err := client.Send([]byte("ping"), netip.Addr{}, dst, SendOptions{TTL: 200}); err != nil {
+		// A call may set a field to zero over the stream's default.
+		for i, perCall := range []SendOptions{{}, {TTL: Value(3), TOS: Value(0x28 | 1)}, {TOS: Value(0)}, {TTL: Value(255)}} {
+			if err := client.Send([]byte("ping"), netip.Addr{}, dst, SendOptions{TTL: Value(200)}); err != nil {
 				t.Fatalf("Send: %v", err)
 			}
 			req := recvOne(t, server.Packets(), 2*time.Second)
@@ -87,15 +90,17 @@ func TestReplyHeaderFields(t *testing.T) {
 				t.Fatalf("ReplyWith: %v", err)
 			}
 			rep := recvOne(t, client.Packets(), 2*time.Second)
-			want := perCall.merged(SendOptions{TTL: 9, TOS: 0x20})
-			if int(rep.Header.TTL) != want.TTL || int(rep.Header.TOS) != want.TOS || rep.Header.Src != dst || string(rep.Value) != "pong" {
+			want := perCall.merged(def)
+			ttl, _ := want.TTL.Get()
+			tos, _ := want.TOS.Get()
+			if rep.Header.TTL != ttl || rep.Header.TOS != tos || rep.Header.Src != dst || string(rep.Value) != "pong" {
 				t.Fatalf("%s case %d: reply ttl %d tos %#x from %v, want ttl %d tos %#x from %v",
-					addr, i, rep.Header.TTL, rep.Header.TOS, rep.Header.Src, want.TTL, want.TOS, dst)
+					addr, i, rep.Header.TTL, rep.Header.TOS, rep.Header.Src, ttl, tos, dst)
 			}
 		}
 	}
-	if err := client.Send(nil, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), SendOptions{TTL: 300}); err == nil {
-		t.Fatal("TTL 300 accepted")
+	if err := client.Send(nil, netip.Addr{}, netip.MustParseAddrPort("127.0.0.1:9"), SendOptions{TTL: Value(0)}); !errors.Is(err, ErrOption) {
+		t.Fatalf("TTL 0: %v, want an error wrapping ErrOption", err)
 	}
 }
 
@@ -168,9 +173,10 @@ func TestReplyRacesClose(t *testing.T) {
 	}
 }
 
-// TestReplyLinkLocal answers a peer host across a veth link, to and from
-// IPv6 link-local addresses: the reply must leave by the link it came in
-// on.
+// TestReplyLinkLocal answers two peer hosts across two veth links, to and
+// from IPv6 link-local addresses, where both peers have the same address:
+// each datagram's source must carry its link as zone, and each reply must
+// leave by the link its datagram came in on.
 func TestReplyLinkLocal(t *testing.T) {
 	if isPeer(t) {
 		ifi := peerInterface(t)
@@ -182,16 +188,17 @@ func TestReplyLinkLocal(t *testing.T) {
 		}
 		defer c.Close()
 		dst := &net.UDPAddr{IP: net.ParseIP("fe80::1"), Port: port, Zone: ifi.Name}
+		msg := "link-local from " + ifi.Name
 		buf := make([]byte, 100)
 		for range 50 { // the receiver may not be reading yet: retry
-			c.WriteToUDP([]byte("link-local"), dst)
+			c.WriteToUDP([]byte(msg), dst)
 			c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
 			n, from, err := c.ReadFromUDP(buf)
 			if err != nil {
 				continue
 			}
-			if !from.IP.Equal(dst.IP) || from.Port != port || string(buf[:n]) != "re: link-local" {
-				t.Fatalf("reply %q from %v", buf[:n], from)
+			if !from.IP.Equal(dst.IP) || from.Port != port || string(buf[:n]) != "re: "+msg {
+				t.Fatalf("reply %q from %v, want %q", buf[:n], from, "re: "+msg)
 			}
 			return
 		}
@@ -201,24 +208,37 @@ func TestReplyLinkLocal(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	ip(t, "link", "add", "ll0", "type", "veth", "peer", "name", "ll1")
-	ip(t, "link", "set", "ll0", "up")
-	ip(t, "-6", "addr", "add", "fe80::1/64", "dev", "ll0", "nodad")
-	// A second link with the same prefix: without the interface in the
-	// reply, the kernel could not tell which link fe80::2 is on.
-	ip(t, "link", "add", "ll2", "type", "veth", "peer", "name", "ll3")
-	ip(t, "link", "set", "ll2", "up")
-	ip(t, "link", "set", "ll3", "up")
+	// Two links, the same addresses at both ends of each: only the
+	// interface tells the two peers apart.
+	for _, l := range [][2]string{{"ll0", "ll1"}, {"ll2", "ll3"}} {
+		ip(t, "link", "add", l[0], "type", "veth", "peer", "name", l[1])
+		ip(t, "link", "set", l[0], "up")
+		ip(t, "-6", "addr", "add", "fe80::1/64", "dev", l[0], "nodad")
+	}
 	s := openT(t, 0, Payload, WithNetwork("udp6"))
+	peerOf := map[string]string{"ll0": "ll1", "ll2": "ll3"}
+	bad := make(chan string, 100)
 	go func() {
 		for p := range s.Packets() {
-			if p.Err == nil {
-				p.Reply(append([]byte("re: "), p.Value...))
+			if p.Err != nil {
+				continue
 			}
+			zone, dzone := p.Header.Src.Addr().Zone(), p.Header.Dst.Addr().Zone()
+			if want := "link-local from " + peerOf[zone]; string(p.Value) != want || dzone != zone {
+				bad <- fmt.Sprintf("%q from %v to %v: zones do not name its link", p.Value, p.Header.Src, p.Header.Dst)
+			}
+			p.Reply(append([]byte("re: "), p.Value...))
 		}
 	}()
-	wait := startPeer(t, "ll1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
-	wait()
+	wait1 := startPeer(t, "ll1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
+	wait3 := startPeer(t, "ll3", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
+	wait1()
+	wait3()
+	select {
+	case m := <-bad:
+		t.Fatal(m)
+	default:
+	}
 }
 
 // TestReplyAllocs checks that a reply allocates nothing of its own.
@@ -236,7 +256,7 @@ func TestReplyAllocs(t *testing.T) {
 		sendTo(t, c, addr, s.Port(), []byte("q"))
 		p := recvOne(t, s.Packets(), 2*time.Second)
 		payload := []byte("answer")
-		opts := SendOptions{TTL: 9, TOS: 0x10}
+		opts := SendOptions{TTL: Value(9), TOS: Value(0x10)}
 		allocs := testing.AllocsPerRun(200, func() {
 			if err := p.ReplyWith(payload, opts); err != nil {
 				t.Fatal(err)

@@ -346,6 +346,12 @@ func (ps *packetSocket) waitReady(uintptr) bool {
 	return false
 }
 
+// stop makes the socket take no more frames, so that what its ring holds
+// can be counted to the last one.
+func (ps *packetSocket) stop() error {
+	return attachFilter(ps.fd, dropAllFilter)
+}
+
 // attachFilter sets the socket's classic BPF filter, replacing any other.
 func attachFilter(fd int, prog []unix.SockFilter) error {
 	fprog := unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]}

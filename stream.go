@@ -34,8 +34,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"runtime/debug"
+	"strconv"
 	"sync/atomic"
 	"time"
 )
@@ -62,6 +64,8 @@ type Stream[T any] struct {
 	done   chan struct{} // closed after ch is closed and resources released
 	err    error         // why it ended; valid once ended is set
 	ended  atomic.Bool   // set before ch is closed
+
+	abandoned atomic.Uint64 // datagrams left in reassembly at the end
 
 	sys      *system
 	tx       *sender // nil in monitor mode
@@ -153,6 +157,8 @@ func (s *Stream[T]) run(ctx context.Context) {
 		err = nil
 	}
 	s.sys.close()
+	// Datagrams of which some fragments came are counted too.
+	s.abandoned.Store(uint64(s.reasm.abandon()))
 	s.err = err
 	s.ended.Store(true)
 	s.cancel()
@@ -201,6 +207,7 @@ func (s *Stream[T]) Stats() Stats {
 		h.counts.addTo(&st)
 	}
 	st.KernelDrops += s.sys.kernelDrops.Load()
+	st.Abandoned += s.abandoned.Load()
 	// Datagrams time out as later fragments arrive; a quiet stream learns
 	// of them here.
 	s.reasm.expire(time.Now())
@@ -210,39 +217,102 @@ func (s *Stream[T]) Stats() Stats {
 
 // Stats counts what a stream has seen. Every unfragmented datagram that
 // passed the kernel filter is counted exactly once: delivered, reported as
-// a decoder error, or dropped for one reason. A fragmented one is counted
-// once when it is delivered or dropped whole; a fragment dropped on its own
-// (a bad IPv4 header checksum, say) counts where it fell, and its datagram
-// may later count again as a reassembly timeout. Traffic the kernel filter
-// rejects never reaches the stream and is not counted: other protocols,
-// other ports (without WithPortErrors), copies of outgoing packets, and
-// frames addressed to other hosts' link addresses (without
-// WithAnyDestination).
+// a decoder error, pending, or dropped for one reason, so that
+//
+//	Delivered + DecodeErrors + Pending + Dropped()
+//
+// is every datagram the stream has taken from the kernel, at any moment,
+// and after the end (when Pending is 0) Delivered + DecodeErrors +
+// Dropped() is every datagram that reached it. A fragmented datagram is
+// counted once when it is delivered or dropped whole; a fragment dropped
+// on its own (a bad IPv4 header checksum, say) counts where it fell, and
+// its datagram may later count again as a reassembly timeout. Traffic the
+// kernel filter rejects never reaches the stream and is not counted:
+// other protocols, other ports (without WithPortErrors), copies of
+// outgoing packets, and frames addressed to other hosts' link addresses
+// (without WithAnyDestination).
 type Stats struct {
 	// Delivered counts datagrams sent on the channel with a nil Err,
-	// including those still in its buffer.
+	// including those still in its buffer. A datagram is counted just
+	// after its send, so a consumer may for a moment hold one datagram
+	// per receive goroutine that is not counted yet.
 	Delivered uint64 `json:"delivered"`
 	// DecodeErrors counts datagrams sent on the channel with the error
-	// their decoder returned (or its recovered panic).
+	// their decoder returned (or its recovered panic), counted as
+	// Delivered is.
 	DecodeErrors uint64 `json:"decode_errors"`
+	// Pending counts datagrams decoded and waiting to be sent on the
+	// channel: at most a batch per receive goroutine, and all of them
+	// while a slow consumer keeps the channel full. It is not a drop; it
+	// is 0 once the stream has ended.
+	Pending uint64 `json:"pending"`
 
-	// The drop reasons. With WithPortErrors, OtherPort datagrams reach the
-	// channel as errors; they are still counted here, not as delivered.
-	OtherPort       uint64 `json:"other_port"`
-	NotIP           uint64 `json:"not_ip"`
-	NotUDP          uint64 `json:"not_udp"`
-	Malformed       uint64 `json:"malformed"`
-	BadIPChecksum   uint64 `json:"bad_ip_checksum"`
-	BadUDPChecksum  uint64 `json:"bad_udp_checksum"`
+	// The drop reasons, which Dropped adds up. With WithPortErrors,
+	// OtherPort datagrams reach the channel as errors, and with
+	// WithDropErrors so do those counted in TooLong, Malformed and the
+	// checksum fields; they are counted here all the same, not as
+	// delivered.
+
+	// OtherPort counts well-formed UDP datagrams to another port, which
+	// only pass the kernel filter when they are fragmented, follow IPv6
+	// extension headers, or WithPortErrors asks for them.
+	OtherPort uint64 `json:"other_port"`
+	// NotIP counts frames that are not IP of the socket's family, such as
+	// an IPv4 header in a frame marked as IPv6.
+	NotIP uint64 `json:"not_ip"`
+	// NotUDP counts IP packets of another protocol that the kernel filter
+	// could not tell from UDP: a TCP segment behind IPv6 extension
+	// headers, or the fragments of an ICMP message.
+	NotUDP uint64 `json:"not_udp"`
+	// Malformed counts packets whose IP or UDP header is inconsistent: a
+	// truncated header, an IPv4 total length longer than the frame, a UDP
+	// length longer than the IP payload, a broken extension header chain,
+	// a fragment whose length or offset cannot be.
+	Malformed uint64 `json:"malformed"`
+	// BadIPChecksum counts IPv4 packets whose header checksum is wrong.
+	BadIPChecksum uint64 `json:"bad_ip_checksum"`
+	// BadUDPChecksum counts UDP datagrams whose checksum is wrong, such
+	// as one corrupted on the way that the NIC did not check.
+	BadUDPChecksum uint64 `json:"bad_udp_checksum"`
+	// ZeroUDPChecksum counts UDP datagrams over IPv6 with checksum 0,
+	// which means "no checksum" in IPv4 but is forbidden in IPv6 (RFC
+	// 8200, 8.1).
 	ZeroUDPChecksum uint64 `json:"zero_udp_checksum"`
-	Unsupported     uint64 `json:"unsupported"`
-	NotLocal        uint64 `json:"not_local"`
-	TooLong         uint64 `json:"too_long"`
-	FragOverlap     uint64 `json:"frag_overlap"`
-	FragTimeout     uint64 `json:"frag_timeout"`
-	FragEvicted     uint64 `json:"frag_evicted"`
+	// Unsupported counts datagrams the kernel would not deliver to a UDP
+	// socket for reasons of their headers: an IPv6 routing header with
+	// segments left (the packet is in transit), ESP or AH before UDP, a
+	// UDP GSO super-packet of a kind that cannot be split.
+	Unsupported uint64 `json:"unsupported"`
+	// NotLocal counts datagrams whose destination is not an address of
+	// this host (or whose source is a martian the kernel refuses, such
+	// as 127.0.0.1 arriving on an Ethernet link): forwarded traffic, or a
+	// datagram to an address removed a moment ago.
+	NotLocal uint64 `json:"not_local"`
+	// TooLong counts datagrams larger than the receive buffer could hold:
+	// one too big for its ring slot when the socket's queue had no room
+	// for the whole copy, as when a slow consumer lets 64 KiB loopback
+	// datagrams pile up.
+	TooLong uint64 `json:"too_long"`
+	// FragOverlap counts fragmented datagrams dropped because two of
+	// their fragments overlap or carry different bytes for the same
+	// range.
+	FragOverlap uint64 `json:"frag_overlap"`
+	// FragTimeout counts fragmented datagrams whose fragments did not all
+	// arrive within the reassembly timeout.
+	FragTimeout uint64 `json:"frag_timeout"`
+	// FragEvicted counts fragmented datagrams dropped to keep reassembly
+	// within its limits (WithReassembly): memory, datagrams per source,
+	// fragments per datagram, as a flood of fragments from spoofed
+	// sources would make happen.
+	FragEvicted uint64 `json:"frag_evicted"`
+	// Abandoned counts datagrams the stream had received but not handed
+	// over when it ended: those decoded and waiting for the channel,
+	// those still in the kernel ring, and fragmented datagrams still in
+	// reassembly.
+	Abandoned uint64 `json:"abandoned"`
 	// KernelDrops counts frames the kernel dropped because the receive
-	// ring was full (PACKET_STATISTICS).
+	// ring was full (PACKET_STATISTICS), as happens when the consumer
+	// falls behind for longer than the ring can hold.
 	KernelDrops uint64 `json:"kernel_drops"`
 }
 
@@ -251,7 +321,7 @@ func (s Stats) Dropped() uint64 {
 	return s.OtherPort + s.NotIP + s.NotUDP + s.Malformed + s.BadIPChecksum +
 		s.BadUDPChecksum + s.ZeroUDPChecksum + s.Unsupported + s.NotLocal +
 		s.TooLong + s.FragOverlap + s.FragTimeout +
-		s.FragEvicted + s.KernelDrops
+		s.FragEvicted + s.Abandoned + s.KernelDrops
 }
 
 // field returns the Stats counter a drop verdict adds to.
@@ -295,13 +365,19 @@ func (s *Stats) field(v verdict) *uint64 {
 type counters struct {
 	delivered    atomic.Uint64
 	decodeErrors atomic.Uint64
+	pending      atomic.Uint64
+	abandoned    atomic.Uint64
 	drops        [numVerdicts]atomic.Uint64
 	_            [64]byte
 }
 
 func (c *counters) addTo(s *Stats) {
+	// Pending first: a packet handed over between the two loads then
+	// shows in both rather than in neither.
+	s.Pending += c.pending.Load()
 	s.Delivered += c.delivered.Load()
 	s.DecodeErrors += c.decodeErrors.Load()
+	s.Abandoned += c.abandoned.Load()
 	for v := range numVerdicts {
 		if n := c.drops[v].Load(); n != 0 {
 			if f := s.field(v); f != nil {
@@ -355,6 +431,14 @@ type handler[T any] struct {
 	sent    int // handed over
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
+
+	// ending is set once the stream has ended: frames still in the ring
+	// are classified and counted, and none is made into a Packet.
+	ending bool
+
+	zoneIndex int // the interface of zoneName
+	zoneName  string
+	zoneAt    time.Time
 }
 
 // handoffBatch bounds the datagrams a handler holds before it hands them
@@ -398,7 +482,15 @@ func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) 
 			return nil
 		}
 		if err := h.handleOne(ctx, seg, m); err != nil {
-			return err
+			// The stream has ended: the segments not yet made into
+			// Packets are counted as what they would have been.
+			h.ending = true
+			for i++; ; i++ {
+				if seg = gsoSegment(h.gsoBuf, hdr, udp, m.gso, i); seg == nil {
+					return err
+				}
+				_ = h.handleOne(ctx, seg, m)
+			}
 		}
 	}
 }
@@ -409,12 +501,18 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 	if v != fragment {
 		return h.finish(ctx, v, m, 1)
 	}
+	// Link-local addresses are keyed with their link: two hosts on two
+	// links may share one.
+	src, dst := h.p.Src.Addr(), h.p.Dst.Addr()
+	if h.fam == 6 {
+		src, dst = h.zoned(src, m.ifIndex), h.zoned(dst, m.ifIndex)
+	}
 	// The monotonic clock, not the kernel's wall-clock stamp, so that a
 	// clock step cannot expire every datagram at once.
-	whole, n, v := h.reasm.add(h.p.Version, h.p.Src.Addr(), h.p.Dst.Addr(), &h.p.frag, time.Now())
+	whole, n, v := h.reasm.add(h.p.Version, src, dst, &h.p.frag, time.Now())
 	if whole == nil {
 		if v != fragment {
-			h.counts.drops[v].Add(1)
+			return h.finish(ctx, v, m, 1)
 		}
 		return nil
 	}
@@ -432,13 +530,20 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 
 // finish delivers, surfaces or counts a classified datagram.
 func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags int) error {
-	switch v {
-	case deliver:
-	case dropOtherPort:
-		if !h.cfg.portErrors {
-			h.counts.drops[v].Add(1)
+	switch {
+	case v == deliver:
+	case v == dropOtherPort && h.cfg.portErrors:
+	case h.cfg.dropErrors && dropErrs[v] != nil:
+		// Dropped and counted whatever becomes of the Packet that says
+		// so; the header is what the parse got to.
+		h.counts.drops[v].Add(1)
+		if h.ending {
 			return nil
 		}
+		pkt := h.newPacket(m)
+		pkt.Err = dropErrs[v]
+		h.counted[h.n] = nil
+		return h.made(ctx)
 	default:
 		h.counts.drops[v].Add(1)
 		return nil
@@ -447,37 +552,68 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 		h.counts.drops[dropNotLocal].Add(1)
 		return nil
 	}
+	if v == dropOtherPort {
+		h.counts.drops[v].Add(1)
+	}
+	if h.ending {
+		if v == deliver {
+			h.counts.abandoned.Add(1)
+		}
+		return nil
+	}
 
-	// The packet is built in place, and the decoder's Datagram points at
-	// its header: a Header is large enough that copies show.
+	pkt := h.newPacket(m)
+	pkt.tx = h.tx
+	h.d.hdr, h.d.ip, h.d.udp = &pkt.Header, h.p.ip, h.p.udp
+	pkt.Value, pkt.Err = decode(h.dec, &h.d)
+	h.d = Datagram{}
+	switch {
+	case v == dropOtherPort:
+		// Decoded all the same, so the caller can see what was sent;
+		// the port is the error that matters. Counted above.
+		pkt.Err = ErrNotDestPort
+		h.counted[h.n] = nil
+	case pkt.Err != nil:
+		h.counted[h.n] = &h.counts.decodeErrors
+		h.counts.pending.Add(1)
+	default:
+		h.counted[h.n] = &h.counts.delivered
+		h.counts.pending.Add(1)
+	}
+	return h.made(ctx)
+}
+
+// newPacket fills the next Packet of the batch with the parsed header.
+// The packet is built in place, and the decoder's Datagram points at its
+// header: a Header is large enough that copies show.
+func (h *handler[T]) newPacket(m *frameMeta) *Packet[T] {
 	pkt := &h.batch[h.n]
 	pkt.Header = h.p.Header
 	pkt.Header.IfIndex = m.ifIndex
 	pkt.Header.Time = time.Unix(int64(m.sec), int64(m.nsec))
 	if pkt.Header.Options != nil {
-		pkt.Header.Options = append([]byte(nil), pkt.Header.Options...)
+		pkt.Header.Options = clipClone(pkt.Header.Options)
 	}
 	if h.p.extN > 0 {
-		pkt.Header.ExtHeaders = append([]uint8(nil), h.p.ext[:h.p.extN]...)
+		pkt.Header.ExtHeaders = clipClone(h.p.ext[:h.p.extN])
 	}
-	pkt.tx = h.tx
-	h.d.hdr, h.d.ip, h.d.udp = &pkt.Header, h.p.ip, h.p.udp
-	pkt.Value, pkt.Err = decode(h.dec, &h.d)
-	h.d = Datagram{}
-	if v == dropOtherPort {
-		// Decoded all the same, so the caller can see what was sent;
-		// the port is the error that matters.
-		pkt.Err = ErrNotDestPort
+	if h.fam == 6 {
+		h.setZones(&pkt.Header, m.ifIndex)
 	}
-	// Counted as it is handed over, in the counter chosen here.
-	c := &h.counts.delivered
-	switch {
-	case v == dropOtherPort:
-		c = &h.counts.drops[v]
-	case pkt.Err != nil:
-		c = &h.counts.decodeErrors
-	}
-	h.counted[h.n] = c
+	return pkt
+}
+
+// clipClone returns a copy of b whose capacity is its length, so that
+// appending to it cannot reach memory shared with anything else.
+func clipClone[E any](b []E) []E {
+	c := make([]E, len(b))
+	copy(c, b)
+	return c
+}
+
+// made takes the Packet just filled into the batch, handing the batch
+// over when it is full.
+func (h *handler[T]) made(ctx context.Context) error {
 	h.n++
 	if h.n == len(h.batch) {
 		return h.flush(ctx)
@@ -485,20 +621,41 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 	return nil
 }
 
+// tooLong counts a frame too long for the receive buffer as the n
+// datagrams it held and, with WithDropErrors, surfaces it with the header
+// as far as the bytes that were kept show it.
+func (h *handler[T]) tooLong(ctx context.Context, kept []byte, m *frameMeta, n int) error {
+	h.counts.drops[dropTooLong].Add(uint64(n))
+	if !h.cfg.dropErrors || h.ending {
+		return nil
+	}
+	classify(kept, h.fam, h.port, flagChecksumVouched, &h.p)
+	h.p.udpPorts(kept)
+	pkt := h.newPacket(m)
+	pkt.Err = dropErrs[dropTooLong]
+	h.counted[h.n] = nil
+	return h.made(ctx)
+}
+
+// handed records that batch entry i reached the consumer.
+func (h *handler[T]) handed(i int) {
+	if c := h.counted[i]; c != nil {
+		c.Add(1)
+		h.counts.pending.Add(^uint64(0))
+	}
+	h.batch[i] = Packet[T]{} // keep nothing the consumer now owns
+}
+
 // tryFlush hands over what the channel has room for without blocking and
-// reports whether the batch is now empty. Each packet is counted just
-// before its send, so that a consumer holding it finds it in Stats, and
-// nothing the consumer never got is.
+// reports whether the batch is now empty. Each packet is counted once its
+// send has happened.
 func (h *handler[T]) tryFlush() bool {
 	for h.sent < h.n {
-		c := h.counted[h.sent]
-		c.Add(1)
 		select {
 		case h.out <- h.batch[h.sent]:
-			h.batch[h.sent] = Packet[T]{} // keep nothing the consumer now owns
+			h.handed(h.sent)
 			h.sent++
 		default:
-			c.Add(^uint64(0))
 			return false
 		}
 	}
@@ -510,14 +667,11 @@ func (h *handler[T]) tryFlush() bool {
 // and returns ctx's error if ctx is done first.
 func (h *handler[T]) flush(ctx context.Context) error {
 	for !h.tryFlush() {
-		c := h.counted[h.sent]
-		c.Add(1)
 		select {
 		case h.out <- h.batch[h.sent]:
-			h.batch[h.sent] = Packet[T]{}
+			h.handed(h.sent)
 			h.sent++
 		case <-ctx.Done():
-			c.Add(^uint64(0))
 			h.discard()
 			return ctx.Err()
 		}
@@ -525,11 +679,69 @@ func (h *handler[T]) flush(ctx context.Context) error {
 	return nil
 }
 
-// discard drops what was made but not handed over: a stream that ends
-// delivers nothing more.
+// discard drops what was made but not handed over, counting it as
+// abandoned: a stream that ends delivers nothing more.
 func (h *handler[T]) discard() {
+	for i := h.sent; i < h.n; i++ {
+		if h.counted[i] != nil {
+			h.counts.abandoned.Add(1)
+			h.counts.pending.Add(^uint64(0))
+		}
+	}
 	clear(h.batch[h.sent:h.n])
 	h.n, h.sent = 0, 0
+}
+
+// setZones gives IPv6 link-local addresses the arrival interface's name
+// as their zone: the same fe80:: address may be a different host on each
+// link, and a reply must leave by the link the datagram came in on.
+func (h *handler[T]) setZones(hd *Header, ifIndex int) {
+	hd.Src = netip.AddrPortFrom(h.zoned(hd.Src.Addr(), ifIndex), hd.Src.Port())
+	hd.Dst = netip.AddrPortFrom(h.zoned(hd.Dst.Addr(), ifIndex), hd.Dst.Port())
+}
+
+// zoned returns a with the zone of interface ifIndex if it is an address
+// of link scope, and a unchanged otherwise.
+func (h *handler[T]) zoned(a netip.Addr, ifIndex int) netip.Addr {
+	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
+		return a.WithZone(h.zone(ifIndex))
+	}
+	return a
+}
+
+// zoneTTL is how long an interface's name is trusted as its zone, so that
+// a renamed interface shows its new name.
+const zoneTTL = 10 * time.Second
+
+// zone returns the name of interface ifIndex, or its index in decimal
+// when it has none any more. The last answer is kept: link-local traffic
+// comes in on few links, and asking the kernel allocates.
+func (h *handler[T]) zone(ifIndex int) string {
+	now := time.Now()
+	if ifIndex == h.zoneIndex && now.Sub(h.zoneAt) < zoneTTL {
+		return h.zoneName
+	}
+	name := strconv.Itoa(ifIndex)
+	if ifi, err := net.InterfaceByIndex(ifIndex); err == nil {
+		name = ifi.Name
+	}
+	h.zoneIndex, h.zoneName, h.zoneAt = ifIndex, name, now
+	return name
+}
+
+// dropErrs are the Packet.Err values WithDropErrors surfaces, by verdict;
+// nil for the verdicts it does not.
+var dropErrs = [numVerdicts]error{
+	dropMalformedIPHeader:  fmt.Errorf("%w: IP header truncated or its length wrong", ErrMalformed),
+	dropMalformedIPLength:  fmt.Errorf("%w: IP datagram length disagrees with the frame", ErrMalformed),
+	dropMalformedExtHeader: fmt.Errorf("%w: IPv6 extension header chain", ErrMalformed),
+	dropMalformedFragment:  fmt.Errorf("%w: IP fragment", ErrMalformed),
+	dropMalformedUDPHeader: fmt.Errorf("%w: UDP header truncated", ErrMalformed),
+	dropMalformedUDPLength: fmt.Errorf("%w: UDP length disagrees with the IP datagram", ErrMalformed),
+	dropBadIPChecksum:      fmt.Errorf("%w: IPv4 header checksum", ErrChecksum),
+	dropBadUDPChecksum:     fmt.Errorf("%w: UDP checksum", ErrChecksum),
+	dropZeroChecksum6:      fmt.Errorf("%w: zero UDP checksum over IPv6", ErrChecksum),
+	dropTooLong:            ErrBufsizeTooShort,
 }
 
 // isLocal reports whether the kernel would deliver a datagram from src to
@@ -567,7 +779,7 @@ type localAnswer struct {
 func decode[T any](dec Decoder[T], d *Datagram) (v T, err error) {
 	defer func() {
 		if r := recover(); r != nil {
-			err = fmt.Errorf("%w: %v\n%s", ErrDecoderPanic, r, debug.Stack())
+			err = &DecoderPanicError{Value: r, Stack: debug.Stack()}
 		}
 	}()
 	return dec(d)

@@ -115,9 +115,10 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 }
 
 // receive is the loop of one receive goroutine: walk the ring while frames
-// are ready, then wait in the poller.
+// are ready, then wait in the poller. When the stream ends it counts what
+// it leaves behind (see drain).
 func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
-	defer h.discard()
+	defer drain(ps, h)
 	var m frameMeta
 	batch := 0 // frames since the ring was last found empty
 	for {
@@ -158,16 +159,7 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 			continue
 		}
 		batch++
-		if losing {
-			h.counts.drops[dropKernel].Add(ps.kernelDrops())
-		}
-		var err error
-		if tooLong {
-			// A super-packet is as many datagrams lost.
-			h.counts.drops[dropTooLong].Add(uint64(gsoCount(pkt, m.ipLen, m.gso)))
-		} else {
-			err = h.handle(ctx, pkt, &m)
-		}
+		err := h.frame(ctx, ps, pkt, tooLong, losing, &m)
 		ps.release()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -175,6 +167,39 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 			}
 			return err
 		}
+	}
+}
+
+// frame handles one frame peeked from the ring.
+func (h *handler[T]) frame(ctx context.Context, ps *packetSocket, pkt []byte, tooLong, losing bool, m *frameMeta) error {
+	if losing {
+		h.counts.drops[dropKernel].Add(ps.kernelDrops())
+	}
+	if tooLong {
+		// A super-packet is as many datagrams lost.
+		return h.tooLong(ctx, pkt, m, gsoCount(pkt, m.ipLen, m.gso))
+	}
+	return h.handle(ctx, pkt, m)
+}
+
+// drain ends a receive goroutine's part of the stream. The socket stops
+// taking frames, and what is left is counted: the frames still in the
+// ring, classified as ever, with those that would have been delivered
+// counted as abandoned, and the batch not handed over.
+func drain[T any](ps *packetSocket, h *handler[T]) {
+	h.discard()
+	h.ending = true
+	if ps.stop() != nil {
+		return // the socket is gone; so is what it held
+	}
+	var m frameMeta
+	for {
+		pkt, tooLong, losing, ok := ps.peek(&m)
+		if !ok {
+			return
+		}
+		_ = h.frame(context.Background(), ps, pkt, tooLong, losing, &m)
+		ps.release()
 	}
 }
 

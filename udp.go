@@ -90,19 +90,21 @@ func parseUDP(p *parsed, addrs []byte, port uint16, flags classifyFlags) verdict
 	if len(u) < udpHeaderLen {
 		return dropMalformedUDPHeader
 	}
+	// The header's fields are recorded before they are checked, so that
+	// a datagram dropped for them shows what it said.
+	sport := binary.BigEndian.Uint16(u[0:])
+	dport := binary.BigEndian.Uint16(u[2:])
 	ulen := int(binary.BigEndian.Uint16(u[4:]))
+	sum := binary.BigEndian.Uint16(u[6:])
+	p.Src = netip.AddrPortFrom(p.Src.Addr(), sport)
+	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), dport)
+	p.UDPLength = uint16(ulen)
+	p.UDPChecksum = sum
 	if ulen < udpHeaderLen || ulen > len(u) {
 		return dropMalformedUDPLength
 	}
 	u = u[:ulen]
 	p.udp = u
-	sum := binary.BigEndian.Uint16(u[6:])
-	p.UDPLength = uint16(ulen)
-	p.UDPChecksum = sum
-	sport := binary.BigEndian.Uint16(u[0:])
-	dport := binary.BigEndian.Uint16(u[2:])
-	p.Src = netip.AddrPortFrom(p.Src.Addr(), sport)
-	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), dport)
 	if sum == 0 {
 		if p.Version == 6 {
 			return dropZeroChecksum6
@@ -116,4 +118,27 @@ func parseUDP(p *parsed, addrs []byte, port uint16, flags classifyFlags) verdict
 		return dropOtherPort
 	}
 	return deliver
+}
+
+// udpPorts records the UDP ports of b, the start of an IP datagram that
+// is cut short, when its UDP header directly follows the IP header and is
+// there whole.
+func (p *parsed) udpPorts(b []byte) {
+	off := 0
+	switch {
+	case p.Version == 4 && len(b) >= ipv4MinHeaderLen && b[9] == protoUDP:
+		off = int(b[0]&0x0f) * 4
+	case p.Version == 6 && len(b) >= ipv6HeaderLen && b[6] == protoUDP:
+		off = ipv6HeaderLen
+	default:
+		return
+	}
+	if off < ipv4MinHeaderLen || len(b) < off+udpHeaderLen {
+		return
+	}
+	u := b[off:]
+	p.Src = netip.AddrPortFrom(p.Src.Addr(), binary.BigEndian.Uint16(u[0:]))
+	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), binary.BigEndian.Uint16(u[2:]))
+	p.UDPLength = binary.BigEndian.Uint16(u[4:])
+	p.UDPChecksum = binary.BigEndian.Uint16(u[6:])
 }

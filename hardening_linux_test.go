@@ -1,0 +1,359 @@
+package udpstream
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// setSockopt sets an option on c's socket, failing the test on error.
+func setSockopt(t *testing.T, c *net.UDPConn, set func(fd int) error) {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serr error
+	if err := rc.Control(func(fd uintptr) { serr = set(int(fd)) }); err != nil || serr != nil {
+		t.Fatalf("setsockopt: %v %v", err, serr)
+	}
+}
+
+// viewReport is what a decoder found out about the views it was given.
+type viewReport struct {
+	payload  []byte
+	capsOK   bool   // every view's capacity was its length
+	appended bool   // appending to the payload left it as it was
+	overrun  string // what reslicing the payload past its end did
+}
+
+// viewProbe is a decoder that tries what a careless decoder would do to
+// its views: append to them and reslice them past their end.
+func viewProbe(d *Datagram) (viewReport, error) {
+	ip, udp, pl := d.IP(), d.UDP(), d.Payload()
+	r := viewReport{
+		payload: bytes.Clone(pl),
+		capsOK:  cap(ip) == len(ip) && cap(udp) == len(udp) && cap(pl) == len(pl),
+	}
+	grown := append(pl, bytes.Repeat([]byte{0xee}, 64)...)
+	grown[0] ^= 0xff // written to a copy, never to the ring
+	r.appended = bytes.Equal(d.Payload(), r.payload)
+	func() {
+		defer func() {
+			if e := recover(); e != nil {
+				r.overrun = fmt.Sprint(e)
+			}
+		}()
+		_ = pl[: len(pl)+1 : len(pl)+1]
+		r.overrun = "no panic"
+	}()
+	return r, nil
+}
+
+// TestViewsBounded checks that the views a decoder sees, and the slices
+// of a Header, reach no byte beyond their own, on every path a datagram
+// can take: a ring slot, the socket's queue, reassembly and GSO
+// splitting. A decoder that appends to its view must corrupt nothing, and
+// one that reslices past the end must panic (and the stream recover).
+func TestViewsBounded(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	// A smaller loopback MTU makes the kernel fragment large datagrams.
+	ip(t, "link", "set", "lo", "mtu", "1280")
+	s := openT(t, 0, viewProbe)
+
+	c4 := udpSender(t, "udp4", 64, 0)
+	c6 := udpSender(t, "udp6", 64, 0)
+	// IPv4 options (NOP NOP NOP EOL) and an IPv6 Destination Options
+	// header (PadN), so that Header.Options and ExtHeaders are set.
+	setSockopt(t, c4, func(fd int) error {
+		return unix.SetsockoptString(fd, unix.IPPROTO_IP, unix.IP_OPTIONS, "\x01\x01\x01\x00")
+	})
+	setSockopt(t, c6, func(fd int) error {
+		return unix.SetsockoptString(fd, unix.IPPROTO_IPV6, unix.IPV6_DSTOPTS, "\x00\x00\x01\x04\x00\x00\x00\x00")
+	})
+	gso := udpSender(t, "udp4", 64, 0)
+	setSockopt(t, gso, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 100) })
+
+	type send struct {
+		c    *net.UDPConn
+		addr string
+		n    int
+		path string
+	}
+	sends := []send{
+		{c4, "127.0.0.1", 40, "ring"},
+		{c6, "::1", 40, "ring"},
+		{c4, "127.0.0.1", 1200, "ring"},
+		{c6, "::1", 4000, "reassembly"},
+		{c4, "127.0.0.1", 6000, "reassembly"},
+	}
+	for _, sd := range sends {
+		sendTo(t, sd.c, sd.addr, s.Port(), bigPayload(sd.n, byte(sd.n)))
+	}
+	// One super-packet of three 100-byte datagrams.
+	sendTo(t, gso, "127.0.0.1", s.Port(), bigPayload(300, 3))
+	want := len(sends) + 3
+	for i := range want {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Err != nil {
+			t.Fatalf("datagram %d: %v", i, p.Err)
+		}
+		r, h := p.Value, p.Header
+		if !r.capsOK || !r.appended || !strings.Contains(r.overrun, "out of range") {
+			t.Errorf("%d-byte datagram (%d fragments): capacities bounded %v, append harmless %v, reslice past the end: %s",
+				len(r.payload), h.Fragments, r.capsOK, r.appended, r.overrun)
+		}
+		if cap(h.Options) != len(h.Options) || cap(h.ExtHeaders) != len(h.ExtHeaders) {
+			t.Errorf("header slices: options %d/%d, extension headers %d/%d (len/cap)",
+				len(h.Options), cap(h.Options), len(h.ExtHeaders), cap(h.ExtHeaders))
+		}
+		if h.Src.Port() != uint16(gso.LocalAddr().(*net.UDPAddr).Port) {
+			if h.Version == 4 && len(h.Options) != 4 || h.Version == 6 && len(h.ExtHeaders) == 0 {
+				t.Errorf("ipv%d datagram of %d bytes without its options: %+v", h.Version, len(r.payload), h)
+			}
+		}
+	}
+	if st := s.Stats(); st.Delivered != uint64(want) || st.Dropped() != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+// TestDecoderPanicError checks that a decoder's panic reaches the channel
+// as one line, with its stack available through errors.As.
+func TestDecoderPanicError(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, func(d *Datagram) (int, error) {
+		b := d.Payload()
+		return int(b[:len(b)+8][len(b)]), nil // out of range: capacity is length
+	})
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", s.Port(), []byte("boom"))
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	var pe *DecoderPanicError
+	if !errors.Is(p.Err, ErrDecoderPanic) || !errors.As(p.Err, &pe) {
+		t.Fatalf("err %v (%T), want a *DecoderPanicError", p.Err, p.Err)
+	}
+	if msg := p.Err.Error(); strings.Contains(msg, "\n") || !strings.Contains(msg, "out of range") {
+		t.Errorf("Error() %q: want one line naming the panic", msg)
+	}
+	if !bytes.Contains(pe.Stack, []byte("TestDecoderPanicError")) {
+		t.Errorf("stack does not show the decoder:\n%s", pe.Stack)
+	}
+	if p.Header.Dst.Port() != s.Port() || p.Value != 0 {
+		t.Errorf("header %+v value %v", p.Header, p.Value)
+	}
+}
+
+// TestCountedOnceHandedOver checks that Delivered counts a datagram once
+// its send on the channel has happened, and Pending those waiting.
+func TestCountedOnceHandedOver(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, HeaderOnly, WithChannelCapacity(1), WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	for range 3 {
+		sendTo(t, c, "127.0.0.1", s.Port(), []byte("x"))
+	}
+	st := waitStats(t, s, func(st Stats) bool { return st.Delivered+st.Pending == 3 })
+	if st.Delivered != 1 || st.Pending != 2 {
+		t.Fatalf("channel holds 1 of 3: %+v", st)
+	}
+	recvOne(t, s.Packets(), time.Second)
+	st = waitStats(t, s, func(st Stats) bool { return st.Delivered == 2 })
+	if st.Pending != 1 {
+		t.Fatalf("after one receive: %+v", st)
+	}
+}
+
+// waitStats polls s.Stats until ok, failing the test after two seconds.
+func waitStats[T any](t *testing.T, s *Stream[T], ok func(Stats) bool) Stats {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		st := s.Stats()
+		if ok(st) {
+			return st
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("stats never got there: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestCloseCounts ends a stream whose consumer reads one datagram of
+// many: those waiting in the batch, those still in the ring and one
+// still in reassembly are counted as abandoned, so that every datagram
+// sent is accounted for.
+func TestCloseCounts(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	in := injectLink(t, "192.0.2.10/24")
+	for _, how := range []string{"Close", "cancel"} {
+		t.Run(how, func(t *testing.T) {
+			leakCheck(t)
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			s, err := Open(ctx, 0, Payload, WithChannelCapacity(1), WithNetwork("udp4"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			c := udpSender(t, "udp4", 64, 0)
+			// More than a batch, so that some stay in the ring.
+			const sent = 3*handoffBatch + 50
+			for i := range sent {
+				sendTo(t, c, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+			}
+			// The first fragment of a datagram whose rest never comes.
+			h := v4()
+			h.src, h.dst = netip.MustParseAddr("192.0.2.99").As4(), netip.MustParseAddr("192.0.2.10").As4()
+			whole := h.udp(4000, s.Port(), bigPayload(64, 1))
+			first := edited(whole[:20+32], func(b []byte) {
+				b[2], b[3] = 0, 20+32
+				b[6] |= 0x20 // MF
+			})
+			reseal4(first)
+			in.send(t, first)
+
+			recvOne(t, s.Packets(), 2*time.Second)
+			// The receive goroutine is blocked handing over a batch, the
+			// rest waits in the ring.
+			time.Sleep(100 * time.Millisecond)
+			if how == "Close" {
+				s.Close()
+			} else {
+				cancel()
+			}
+			got := 1
+			for range s.Packets() {
+				got++
+			}
+			st := s.Stats()
+			if st.Delivered != uint64(got) || st.Pending != 0 {
+				t.Errorf("received %d, stats %+v", got, st)
+			}
+			if st.Delivered+st.DecodeErrors+st.Dropped() != sent+1 || st.Abandoned != sent+1-st.Delivered || st.Abandoned < sent-handoffBatch {
+				t.Fatalf("sent %d datagrams and a fragment: delivered %d + dropped %d; %+v", sent, st.Delivered, st.Dropped(), st)
+			}
+		})
+	}
+}
+
+// TestDropErrors checks that WithDropErrors surfaces malformed datagrams,
+// bad checksums and datagrams too long for the buffer with their header,
+// and that without it they are only counted.
+func TestDropErrors(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
+	plain := openT(t, 0, Payload, WithNetwork("udp4"))
+	s := openT(t, plain.Port(), Payload, WithMonitor(), WithDropErrors(), WithChannelCapacity(1024))
+
+	h := v4()
+	h.src, h.dst = netip.MustParseAddr("192.0.2.99").As4(), netip.MustParseAddr("192.0.2.10").As4()
+	h.ttl = 33
+	good := h.udp(4000, s.Port(), []byte("good"))
+	badSum := edited(good, func(b []byte) { b[len(b)-1] ^= 0xff })
+	longUDP := edited(good, func(b []byte) { b[25]++ }) // UDP length one past the datagram
+	h6 := v6()
+	h6.src, h6.dst = netip.MustParseAddr("2001:db8::99").As16(), netip.MustParseAddr("2001:db8::10").As16()
+	zero6 := edited(h6.udp(4000, s.Port(), []byte("no sum")), func(b []byte) { b[46], b[47] = 0, 0 })
+	for _, f := range [][]byte{badSum, longUDP, zero6, good} {
+		in.send(t, f)
+	}
+	// The families arrive on receive goroutines of their own: in any
+	// order.
+	wants := map[string]error{"UDP checksum": ErrChecksum, "UDP length disagrees with the IP datagram": ErrMalformed, "zero UDP checksum over IPv6": ErrChecksum, "": nil}
+	for i := range len(wants) {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		found := false
+		for text, err := range wants {
+			if p.Err == nil && err == nil || p.Err != nil && errors.Is(p.Err, err) && p.Err.Error() == err.Error()+": "+text {
+				delete(wants, text)
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Fatalf("packet %d: unexpected err %v", i, p.Err)
+		}
+		if p.Header.Src.Port() != 4000 || p.Header.Dst.Port() != s.Port() || p.Header.Version == 4 && p.Header.TTL != 33 {
+			t.Errorf("packet %d: header not filled: %+v", i, p.Header)
+		}
+		if p.Err != nil && p.Value != nil {
+			t.Errorf("packet %d: value %q for a dropped datagram", i, p.Value)
+		}
+	}
+	st := s.Stats()
+	if st.BadUDPChecksum != 1 || st.Malformed != 1 || st.ZeroUDPChecksum != 1 || st.Delivered != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	recvOne(t, plain.Packets(), time.Second)
+	expectNone(t, plain.Packets(), 100*time.Millisecond)
+	if st := plain.Stats(); st.BadUDPChecksum != 1 || st.Malformed != 1 || st.Delivered != 1 {
+		t.Fatalf("without the option: %+v", st)
+	}
+
+	// Datagrams too big for a ring slot wait whole on the socket's
+	// queue; while the receive goroutine is held up in the decoder, the
+	// queue overflows and what is left in the slot is too short.
+	gate := make(chan struct{})
+	held := make(chan struct{}, 1)
+	big := openT(t, 0, func(d *Datagram) (struct{}, error) {
+		select {
+		case held <- struct{}{}:
+			<-gate
+		default:
+		}
+		return struct{}{}, nil
+	}, WithDropErrors(), WithNetwork("udp4"))
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", big.Port(), []byte("hold"))
+	<-held
+	const n = 40
+	for range n {
+		sendTo(t, c, "127.0.0.1", big.Port(), make([]byte, 60000))
+	}
+	time.Sleep(50 * time.Millisecond)
+	close(gate)
+	var long int
+	for {
+		select {
+		case p := <-big.Packets():
+			if errors.Is(p.Err, ErrBufsizeTooShort) {
+				long++
+				if p.Header.Dst.Port() != big.Port() || p.Header.TTL != 64 {
+					t.Errorf("too long: header %+v", p.Header)
+				}
+			}
+			continue
+		case <-time.After(200 * time.Millisecond):
+		}
+		break
+	}
+	st = big.Stats()
+	if long == 0 || uint64(long) != st.TooLong || st.Delivered+st.Dropped() != n+1 {
+		t.Fatalf("%d surfaced as too long; %+v", long, st)
+	}
+	t.Logf("%d of %d datagrams of 60,000 bytes too long for the buffer", long, n)
+}
