@@ -608,6 +608,25 @@ func TestNoCapNetRaw(t *testing.T) {
 	}
 }
 
+// TestNoSuchInterface checks that an interface that does not exist, by
+// name or index, fails Open with an error that says so and matches ENODEV,
+// the kernel's answer for a device it does not know. The lookup comes
+// before anything else, so this needs no namespace.
+func TestNoSuchInterface(t *testing.T) {
+	for _, tc := range []struct {
+		opt  Option
+		want string
+	}{
+		{WithInterface("no-such-if-x"), `udpstream: no interface "no-such-if-x": `},
+		{WithInterfaceIndex(1 << 30), "udpstream: no interface with index 1073741824: "},
+	} {
+		_, err := Open(context.Background(), 0, Payload, tc.opt)
+		if !errors.Is(err, unix.ENODEV) || !strings.HasPrefix(fmt.Sprint(err), tc.want) {
+			t.Errorf("error %v, want one starting %q and matching ENODEV", err, tc.want)
+		}
+	}
+}
+
 // TestOptionErrors checks that bad options fail Open with clear errors and
 // open nothing.
 func TestOptionErrors(t *testing.T) {

@@ -172,8 +172,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	s, err := udpstream.Open(ctx, uint16(o.port), udpstream.Payload, o.streamOptions()...)
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return exitOK // interrupted before it began
+		case o.iface != "" && errors.Is(err, syscall.ENODEV):
+			// The library's line ends in the errno's text; the user
+			// needs only the name and where to look.
+			return fail(stderr, fmt.Errorf("no interface %q (see ip link)", o.iface))
 		}
 		return fail(stderr, err)
 	}
