@@ -337,7 +337,8 @@ func (ps *packetSocket) waitReady(uintptr) bool {
 		// readable in the private instance.
 		if e, _ := unix.GetsockoptInt(ps.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 && ps.ifIndex != 0 {
 			if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
-				ps.waitErr = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
+				// No prefix: receive wraps it in the library's own.
+				ps.waitErr = fmt.Errorf("interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
 				return true
 			}
 		}

@@ -775,8 +775,8 @@ func TestInterfaceRemoved(t *testing.T) {
 	}
 	ip(t, "link", "del", "in0")
 	p := recvOne(t, s.Packets(), 2*time.Second)
-	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") {
-		t.Fatalf("want a final error saying the interface is gone, got %+v", p)
+	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") || strings.Count(p.Err.Error(), "udpstream: ") != 1 {
+		t.Fatalf("want a final error saying the interface is gone, prefixed once, got %+v", p)
 	}
 	if _, ok := <-s.Packets(); ok {
 		t.Fatal("channel still open after the final error")
