@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -599,12 +601,89 @@ func TestNoCapNetRaw(t *testing.T) {
 		netnstest.RunChild(t, 0, env+"=1")
 		return
 	}
-	_, err := Open(context.Background(), 0, Payload)
-	if !errors.Is(err, os.ErrPermission) {
-		t.Fatalf("want an error matching os.ErrPermission, got %v", err)
+	// Advice that works: a user namespace of one's own (unshare -rn) has
+	// CAP_NET_RAW only over a network with nothing on it.
+	check := func(err error, setcap string, bindService bool) {
+		t.Helper()
+		msg := fmt.Sprint(err)
+		if !errors.Is(err, os.ErrPermission) || !strings.Contains(msg, "CAP_NET_RAW") ||
+			!strings.Contains(msg, "run as root") || !strings.Contains(msg, "'sudo setcap "+setcap+" /path/to/program'") ||
+			strings.Contains(msg, "CAP_NET_BIND_SERVICE") != bindService || strings.Contains(msg, "unshare") {
+			t.Errorf("error %q: want one matching os.ErrPermission that says how to grant %s", msg, setcap)
+		}
 	}
-	if !strings.Contains(err.Error(), "CAP_NET_RAW") || !strings.Contains(err.Error(), "setcap") {
-		t.Fatalf("error does not say how to grant CAP_NET_RAW: %v", err)
+	_, err := Open(context.Background(), 0, Payload)
+	check(err, "cap_net_raw=ep", false)
+	// A port below 1024 needs CAP_NET_BIND_SERVICE as well, for the
+	// socket that reserves it; one only observed needs no socket.
+	if unprivilegedPortStart(t) <= 80 {
+		t.Skip("net.ipv4.ip_unprivileged_port_start lets anyone bind port 80")
+	}
+	_, err = Open(context.Background(), 80, Payload)
+	check(err, "cap_net_raw,cap_net_bind_service=ep", true)
+	_, err = Open(context.Background(), 80, Payload, WithMonitor())
+	check(err, "cap_net_raw=ep", false)
+}
+
+// unprivilegedPortStart is the namespace's net.ipv4.ip_unprivileged_port_start.
+func unprivilegedPortStart(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestNoCapNetBindService opens a stream on port 80 as a program granted
+// only CAP_NET_RAW ('setcap cap_net_raw=ep') would: the socket reserving
+// the port cannot bind it, and the error says what to grant. The test runs
+// itself again from its network namespace, on a thread whose capability
+// bounding set lacks CAP_NET_BIND_SERVICE, so that the run has every
+// capability but that one.
+func TestNoCapNetBindService(t *testing.T) {
+	const env = "UDPSTREAM_NOBIND_TEST"
+	if os.Getenv(env) != "" {
+		_, err := Open(context.Background(), 80, Payload)
+		msg := fmt.Sprint(err)
+		if !errors.Is(err, os.ErrPermission) || !strings.Contains(msg, "CAP_NET_BIND_SERVICE") ||
+			!strings.Contains(msg, "'sudo setcap cap_net_raw,cap_net_bind_service=ep /path/to/program'") {
+			t.Fatalf("error %q: want one matching os.ErrPermission that says how to grant CAP_NET_BIND_SERVICE", msg)
+		}
+		return
+	}
+	if !inNetns(t) {
+		return
+	}
+	if unprivilegedPortStart(t) <= 80 {
+		t.Fatal("a new network namespace should start with net.ipv4.ip_unprivileged_port_start 1024")
+	}
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		// Never unlocked: the thread, with its reduced bounding set, ends
+		// with this goroutine.
+		runtime.LockOSThread()
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_NET_BIND_SERVICE, 0, 0, 0); err != nil {
+			done <- result{err: fmt.Errorf("prctl PR_CAPBSET_DROP: %w", err)}
+			return
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), env+"=1", netnstest.RaceEnv())
+		out, err := cmd.CombinedOutput()
+		done <- result{out, err}
+	}()
+	r := <-done
+	t.Logf("run without CAP_NET_BIND_SERVICE:\n%s", r.out)
+	if r.err != nil || !bytes.Contains(r.out, []byte("--- PASS: "+t.Name())) {
+		t.Fatalf("run without CAP_NET_BIND_SERVICE failed: %v", r.err)
 	}
 }
 

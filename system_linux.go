@@ -56,7 +56,11 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 
 	// A missing CAP_NET_RAW is the error to report, ahead of anything
 	// that follows from it.
-	if err := checkPacketSockets(); err != nil {
+	reserve := port
+	if cfg.monitor {
+		reserve = 0
+	}
+	if err := checkPacketSockets(reserve); err != nil {
 		return nil, err
 	}
 	if !cfg.monitor {
