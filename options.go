@@ -9,7 +9,7 @@ import (
 // Defaults for the options.
 const (
 	// DefaultBufferSize is the kernel receive ring per address family: 8 MiB
-	// holds 4,096 datagrams of up to 1,968 bytes each, several milliseconds
+	// holds 4,096 datagrams of up to 1,958 bytes each, several milliseconds
 	// of a saturated loopback.
 	DefaultBufferSize = 8 << 20
 

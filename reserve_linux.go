@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"strconv"
+	"strings"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -53,8 +54,28 @@ func reservePort(network string, port uint16, ifName string) (*net.UDPConn, uint
 		if errors.Is(err, syscall.EADDRINUSE) {
 			return nil, 0, fmt.Errorf("udpstream: port %d is in use by another socket (WithMonitor observes a port another process owns): %w", port, err)
 		}
+		if errors.Is(err, os.ErrPermission) && needsBindService(port) {
+			return nil, 0, fmt.Errorf("udpstream: reserving UDP port %d needs CAP_NET_BIND_SERVICE (a port below net.ipv4.ip_unprivileged_port_start): "+
+				"run as root, or grant it with 'sudo setcap cap_net_raw,cap_net_bind_service=ep /path/to/program': %w", port, err)
+		}
 		return nil, 0, fmt.Errorf("udpstream: reserving UDP port %d: %w", port, err)
 	}
 	c := pc.(*net.UDPConn)
 	return c, uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
+}
+
+// needsBindService reports whether binding port takes CAP_NET_BIND_SERVICE:
+// whether it is below net.ipv4.ip_unprivileged_port_start, which governs
+// IPv6 too (1024 when it cannot be read). Port 0 binds a free port above.
+func needsBindService(port uint16) bool {
+	if port == 0 {
+		return false
+	}
+	start := 1024
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start"); err == nil {
+		if n, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil {
+			start = n
+		}
+	}
+	return int(port) < start
 }

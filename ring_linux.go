@@ -70,10 +70,11 @@ type packetSocket struct {
 
 func (ps *packetSocket) family() uint8 { return ps.fam }
 
-// errNoCapNetRaw explains the one setup error users meet most.
+// errNoCapNetRaw explains the one setup error users meet most. A user
+// namespace of one's own is no advice here: its CAP_NET_RAW covers only a
+// network namespace of its own, with nothing on it.
 var errNoCapNetRaw = errors.New("udpstream: packet sockets need CAP_NET_RAW: run as root, " +
-	"grant it with 'sudo setcap cap_net_raw=ep /path/to/program', " +
-	"or run in a user and network namespace ('unshare -rn')")
+	"or grant it with 'sudo setcap cap_net_raw=ep /path/to/program'")
 
 // newPacketFD opens a non-blocking packet socket bound to no protocol,
 // which receives nothing until bind names one.
@@ -90,8 +91,15 @@ func newPacketFD() (int, error) {
 }
 
 // checkPacketSockets reports whether this process may open packet sockets.
-func checkPacketSockets() error {
+// When it may not and the port to reserve (0: none) needs
+// CAP_NET_BIND_SERVICE too, the advice grants both at once.
+func checkPacketSockets(reserve uint16) error {
 	fd, err := newPacketFD()
+	var serr *os.SyscallError
+	if errors.Is(err, errNoCapNetRaw) && needsBindService(reserve) && errors.As(err, &serr) {
+		return fmt.Errorf("udpstream: packet sockets need CAP_NET_RAW, and port %d needs CAP_NET_BIND_SERVICE: run as root, "+
+			"or grant both with 'sudo setcap cap_net_raw,cap_net_bind_service=ep /path/to/program': %w", reserve, serr)
+	}
 	if err != nil {
 		return err
 	}
@@ -337,7 +345,8 @@ func (ps *packetSocket) waitReady(uintptr) bool {
 		// readable in the private instance.
 		if e, _ := unix.GetsockoptInt(ps.fd, unix.SOL_SOCKET, unix.SO_ERROR); e != 0 && ps.ifIndex != 0 {
 			if _, err := net.InterfaceByIndex(ps.ifIndex); err != nil {
-				ps.waitErr = fmt.Errorf("udpstream: interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
+				// No prefix: receive wraps it in the library's own.
+				ps.waitErr = fmt.Errorf("interface %d is gone: %w", ps.ifIndex, unix.Errno(e))
 				return true
 			}
 		}

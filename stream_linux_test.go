@@ -9,8 +9,10 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -599,12 +601,108 @@ func TestNoCapNetRaw(t *testing.T) {
 		netnstest.RunChild(t, 0, env+"=1")
 		return
 	}
-	_, err := Open(context.Background(), 0, Payload)
-	if !errors.Is(err, os.ErrPermission) {
-		t.Fatalf("want an error matching os.ErrPermission, got %v", err)
+	// Advice that works: a user namespace of one's own (unshare -rn) has
+	// CAP_NET_RAW only over a network with nothing on it.
+	check := func(err error, setcap string, bindService bool) {
+		t.Helper()
+		msg := fmt.Sprint(err)
+		if !errors.Is(err, os.ErrPermission) || !strings.Contains(msg, "CAP_NET_RAW") ||
+			!strings.Contains(msg, "run as root") || !strings.Contains(msg, "'sudo setcap "+setcap+" /path/to/program'") ||
+			strings.Contains(msg, "CAP_NET_BIND_SERVICE") != bindService || strings.Contains(msg, "unshare") {
+			t.Errorf("error %q: want one matching os.ErrPermission that says how to grant %s", msg, setcap)
+		}
 	}
-	if !strings.Contains(err.Error(), "CAP_NET_RAW") || !strings.Contains(err.Error(), "setcap") {
-		t.Fatalf("error does not say how to grant CAP_NET_RAW: %v", err)
+	_, err := Open(context.Background(), 0, Payload)
+	check(err, "cap_net_raw=ep", false)
+	// A port below 1024 needs CAP_NET_BIND_SERVICE as well, for the
+	// socket that reserves it; one only observed needs no socket.
+	if unprivilegedPortStart(t) <= 80 {
+		t.Skip("net.ipv4.ip_unprivileged_port_start lets anyone bind port 80")
+	}
+	_, err = Open(context.Background(), 80, Payload)
+	check(err, "cap_net_raw,cap_net_bind_service=ep", true)
+	_, err = Open(context.Background(), 80, Payload, WithMonitor())
+	check(err, "cap_net_raw=ep", false)
+}
+
+// unprivilegedPortStart is the namespace's net.ipv4.ip_unprivileged_port_start.
+func unprivilegedPortStart(t *testing.T) int {
+	t.Helper()
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_unprivileged_port_start")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// TestNoCapNetBindService opens a stream on port 80 as a program granted
+// only CAP_NET_RAW ('setcap cap_net_raw=ep') would: the socket reserving
+// the port cannot bind it, and the error says what to grant. The test runs
+// itself again from its network namespace, on a thread whose capability
+// bounding set lacks CAP_NET_BIND_SERVICE, so that the run has every
+// capability but that one.
+func TestNoCapNetBindService(t *testing.T) {
+	const env = "UDPSTREAM_NOBIND_TEST"
+	if os.Getenv(env) != "" {
+		_, err := Open(context.Background(), 80, Payload)
+		msg := fmt.Sprint(err)
+		if !errors.Is(err, os.ErrPermission) || !strings.Contains(msg, "CAP_NET_BIND_SERVICE") ||
+			!strings.Contains(msg, "'sudo setcap cap_net_raw,cap_net_bind_service=ep /path/to/program'") {
+			t.Fatalf("error %q: want one matching os.ErrPermission that says how to grant CAP_NET_BIND_SERVICE", msg)
+		}
+		return
+	}
+	if !inNetns(t) {
+		return
+	}
+	if unprivilegedPortStart(t) <= 80 {
+		t.Fatal("a new network namespace should start with net.ipv4.ip_unprivileged_port_start 1024")
+	}
+	type result struct {
+		out []byte
+		err error
+	}
+	done := make(chan result)
+	go func() {
+		// Never unlocked: the thread, with its reduced bounding set, ends
+		// with this goroutine.
+		runtime.LockOSThread()
+		if err := unix.Prctl(unix.PR_CAPBSET_DROP, unix.CAP_NET_BIND_SERVICE, 0, 0, 0); err != nil {
+			done <- result{err: fmt.Errorf("prctl PR_CAPBSET_DROP: %w", err)}
+			return
+		}
+		cmd := exec.Command(os.Args[0], "-test.run=^"+t.Name()+"$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), env+"=1", netnstest.RaceEnv())
+		out, err := cmd.CombinedOutput()
+		done <- result{out, err}
+	}()
+	r := <-done
+	t.Logf("run without CAP_NET_BIND_SERVICE:\n%s", r.out)
+	if r.err != nil || !bytes.Contains(r.out, []byte("--- PASS: "+t.Name())) {
+		t.Fatalf("run without CAP_NET_BIND_SERVICE failed: %v", r.err)
+	}
+}
+
+// TestNoSuchInterface checks that an interface that does not exist, by
+// name or index, fails Open with an error that says so and matches ENODEV,
+// the kernel's answer for a device it does not know. The lookup comes
+// before anything else, so this needs no namespace.
+func TestNoSuchInterface(t *testing.T) {
+	for _, tc := range []struct {
+		opt  Option
+		want string
+	}{
+		{WithInterface("no-such-if-x"), `udpstream: no interface "no-such-if-x": `},
+		{WithInterfaceIndex(1 << 30), "udpstream: no interface with index 1073741824: "},
+	} {
+		_, err := Open(context.Background(), 0, Payload, tc.opt)
+		if !errors.Is(err, unix.ENODEV) || !strings.HasPrefix(fmt.Sprint(err), tc.want) {
+			t.Errorf("error %v, want one starting %q and matching ENODEV", err, tc.want)
+		}
 	}
 }
 
@@ -756,8 +854,8 @@ func TestInterfaceRemoved(t *testing.T) {
 	}
 	ip(t, "link", "del", "in0")
 	p := recvOne(t, s.Packets(), 2*time.Second)
-	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") {
-		t.Fatalf("want a final error saying the interface is gone, got %+v", p)
+	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") || strings.Count(p.Err.Error(), "udpstream: ") != 1 {
+		t.Fatalf("want a final error saying the interface is gone, prefixed once, got %+v", p)
 	}
 	if _, ok := <-s.Packets(); ok {
 		t.Fatal("channel still open after the final error")
@@ -940,7 +1038,7 @@ func TestTunLink(t *testing.T) {
 	leakCheck(t)
 	tun, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0)
 	if err != nil {
-		t.Fatal(err)
+		tunUnavailable(t, err)
 	}
 	defer tun.Close()
 	ifr, err := unix.NewIfreq("tun0")
@@ -954,7 +1052,7 @@ func TestTunLink(t *testing.T) {
 	}
 	var ierr error
 	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.TUNSETIFF, ifr) }); err != nil || ierr != nil {
-		t.Fatalf("TUNSETIFF: %v %v", err, ierr)
+		tunUnavailable(t, errors.Join(err, os.NewSyscallError("ioctl TUNSETIFF", ierr)))
 	}
 	ip(t, "link", "set", "tun0", "up")
 	ip(t, "addr", "add", "10.9.0.1/24", "dev", "tun0")
@@ -995,5 +1093,59 @@ func TestTunLink(t *testing.T) {
 	// The kernel filter kept the rest from user space: nothing counted.
 	if st := s.Stats(); st.Delivered != 2 || st.Dropped() != 0 {
 		t.Fatalf("stats %+v, want 2 delivered and nothing reaching user space to drop", st)
+	}
+}
+
+// tunUnavailable ends a test that needs a tun device: skipped (failed under
+// CI) where the device is missing or may not be used, as for an ordinary
+// user or in a container without it; failed otherwise.
+func tunUnavailable(t *testing.T, err error) {
+	t.Helper()
+	for _, e := range []error{os.ErrNotExist, os.ErrPermission, unix.ENODEV, unix.ENXIO} {
+		if errors.Is(err, e) {
+			netnstest.SkipOrFail(t, fmt.Sprintf("no tun device to use: %v", err))
+		}
+	}
+	t.Fatal(err)
+}
+
+// TestTunLinkAsUser runs TestTunLink as nobody, who may not open
+// /dev/net/tun: outside CI that is a skip, not a failure. Only root can
+// become nobody; any other user runs TestTunLink as itself.
+func TestTunLinkAsUser(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("not root: TestTunLink itself runs as this user")
+	}
+	// nobody must be able to run the test binary, which lives in a
+	// directory of root's.
+	dir, err := os.MkdirTemp("", "udpstream-tun-test-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	b, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := dir + "/udpstream.test"
+	if err := os.WriteFile(bin, b, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-test.run=^TestTunLink$", "-test.v", "-test.count=1")
+	cmd.Dir = dir
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "CI=") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, netnstest.RaceEnv())
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	out, err := cmd.CombinedOutput()
+	t.Logf("TestTunLink as nobody:\n%s", out)
+	if err != nil || bytes.Contains(out, []byte("--- FAIL")) {
+		t.Fatalf("TestTunLink as nobody failed: %v", err)
 	}
 }

@@ -2,8 +2,10 @@ package udpstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -41,20 +43,24 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	if ifName != "" {
 		ifi, err := net.InterfaceByName(ifName)
 		if err != nil {
-			return nil, fmt.Errorf("udpstream: interface %q: %w", ifName, err)
+			return nil, interfaceError(fmt.Sprintf("%q", ifName), err)
 		}
 		ifIndex = ifi.Index
 	} else if ifIndex != 0 {
 		ifi, err := net.InterfaceByIndex(ifIndex)
 		if err != nil {
-			return nil, fmt.Errorf("udpstream: interface index %d: %w", ifIndex, err)
+			return nil, interfaceError(fmt.Sprintf("with index %d", ifIndex), err)
 		}
 		ifName = ifi.Name
 	}
 
 	// A missing CAP_NET_RAW is the error to report, ahead of anything
 	// that follows from it.
-	if err := checkPacketSockets(); err != nil {
+	reserve := port
+	if cfg.monitor {
+		reserve = 0
+	}
+	if err := checkPacketSockets(reserve); err != nil {
 		return nil, err
 	}
 	if !cfg.monitor {
@@ -84,6 +90,17 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	}
 	s.local = s.watcher.la
 	return s, nil
+}
+
+// interfaceError reports a failed interface lookup. The net package's
+// "no such network interface" matches nothing errors.Is can name; the
+// kernel's own answer for an unknown device, ENODEV, does.
+func interfaceError(which string, err error) error {
+	var serr *os.SyscallError
+	if errors.As(err, &serr) {
+		return fmt.Errorf("udpstream: looking up interface %s: %w", which, err)
+	}
+	return fmt.Errorf("udpstream: no interface %s: %w", which, unix.ENODEV)
 }
 
 // run starts one receive goroutine per packet socket, made by recv, and the

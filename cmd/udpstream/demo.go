@@ -113,7 +113,9 @@ func (dr *demoRun) exchange(d demoSend) bool {
 				continue
 			}
 			if err := dr.out.packet(p); err != nil {
-				dr.code = fail(dr.stderr, fmt.Errorf("writing output: %w", err))
+				if !outputClosed(err) {
+					dr.code = fail(dr.stderr, fmt.Errorf("writing output: %w", err))
+				}
 				return false
 			}
 			if p.Err == nil {

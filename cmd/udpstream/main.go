@@ -21,9 +21,10 @@
 // Times are UTC.
 //
 // SIGINT and SIGTERM end it with status 0 after it has printed what was
-// already received. With -stats it then prints one JSON object of counters
-// on stderr: delivered (the datagrams printed, error lines excluded),
-// dropped (the sum of every drop reason) and one counter per reason.
+// already received; so does a closed stdout, as after "| head -1". With
+// -stats it then prints one JSON object of counters on stderr: delivered
+// (the datagrams printed, error lines excluded), dropped (the sum of every
+// drop reason) and one counter per reason.
 //
 // Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.
 package main
@@ -44,6 +45,10 @@ import (
 )
 
 func main() {
+	// A closed stdout ("| head") then fails the write with EPIPE, which
+	// ends the tool as normally as -count does, instead of killing it
+	// before it prints the stats.
+	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal has asked for a clean end, a second one ends
 	// the program at once, as the user expects of a second Ctrl-C.
@@ -172,8 +177,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	s, err := udpstream.Open(ctx, uint16(o.port), udpstream.Payload, o.streamOptions()...)
 	if err != nil {
-		if ctx.Err() != nil {
+		switch {
+		case ctx.Err() != nil:
 			return exitOK // interrupted before it began
+		case o.iface != "" && errors.Is(err, syscall.ENODEV):
+			// The library's line ends in the errno's text; the user
+			// needs only the name and where to look.
+			return fail(stderr, fmt.Errorf("no interface %q (see ip link)", o.iface))
 		}
 		return fail(stderr, err)
 	}
@@ -194,6 +204,9 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 			}
 		}
 		if err := out.packet(p); err != nil {
+			if outputClosed(err) {
+				break
+			}
 			s.Close()
 			return fail(stderr, fmt.Errorf("writing output: %w", err))
 		}
@@ -215,6 +228,11 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	}
 	return exitOK
 }
+
+// outputClosed reports whether a write failed because the reader of the
+// output has gone, as "| head" does once it has what it wants: the end of
+// the run, not a failure.
+func outputClosed(err error) bool { return errors.Is(err, syscall.EPIPE) }
 
 // message formats err as the tool's messages do, without repeating the
 // library's own "udpstream: " prefix.

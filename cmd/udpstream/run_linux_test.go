@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"net"
 	"net/netip"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -15,18 +16,18 @@ import (
 // real traffic in the test's own network namespace.
 
 // A setup error of the library is one line: the tool's prefix, not the
-// library's twice. The interface is looked up before anything else, so
-// this needs no namespace.
+// library's twice. An interface that does not exist is a fact of the
+// system, not of the command line: a runtime error, said plainly. The
+// interface is looked up before anything else, so this needs no namespace.
 func TestSetupError(t *testing.T) {
 	var stdout, stderr bytes.Buffer
 	code := run(context.Background(), []string{"-i", "no-such-if-x"}, &stdout, &stderr)
 	if code != exitRuntime {
 		t.Errorf("exit status %d, want %d", code, exitRuntime)
 	}
-	msg := stderr.String()
-	if strings.Count(msg, "\n") != 1 || !strings.HasPrefix(msg, "udpstream: ") ||
-		strings.Contains(msg, "udpstream: udpstream:") || !strings.Contains(msg, "no-such-if-x") {
-		t.Errorf("stderr %q, want one line naming the interface", msg)
+	const want = "udpstream: no interface \"no-such-if-x\" (see ip link)\n"
+	if msg := stderr.String(); msg != want {
+		t.Errorf("stderr %q, want %q", msg, want)
 	}
 }
 
@@ -266,5 +267,31 @@ func TestRunCount(t *testing.T) {
 	}
 	if st := checkStats(t, stderr[0]); st["delivered"] != 2 {
 		t.Errorf("stats %s: want delivered 2", stderr[0])
+	}
+}
+
+// TestRunInterfaceGone removes the interface the tool is bound to while it
+// runs: it ends with a runtime error, one line with the tool's prefix once.
+func TestRunInterfaceGone(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	ip := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	ip("link", "add", "gone0", "type", "veth", "peer", "name", "gone1")
+	ip("link", "set", "gone0", "up")
+	p := startRun(t, "-i", "gone0", "-port", "0")
+	p.port(t)
+	ip("link", "del", "gone0")
+	code, stdout, stderr := p.wait(t)
+	if code != exitRuntime || len(stdout) != 0 || len(stderr) != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want %d and one line", code, stdout, stderr, exitRuntime)
+	}
+	if msg := stderr[0]; !strings.HasPrefix(msg, "udpstream: ") || strings.Count(msg, "udpstream:") != 1 || !strings.Contains(msg, "is gone") {
+		t.Errorf("stderr %q, want one line saying the interface is gone, prefixed once", msg)
 	}
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 
@@ -109,6 +112,61 @@ func TestToolSignal(t *testing.T) {
 		if st := checkStats(t, stderr[0]); st["delivered"] != 1 {
 			t.Errorf("%v: stats %s, want delivered 1", sig, stderr[0])
 		}
+	}
+}
+
+// TestToolClosedStdout closes the reading end of the binary's stdout after
+// one line, as "| head -1" does: the binary stops, prints the stats and
+// exits 0, rather than dying of SIGPIPE with the stats unsaid.
+func TestToolClosedStdout(t *testing.T) {
+	bin := tool(t)
+	if !inNetns(t) {
+		return
+	}
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cmd := exec.Command(bin, "-port", "0", "-stats")
+	cmd.Stdout = w
+	errPipe, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	var wg sync.WaitGroup
+	closed := make(chan string)
+	close(closed)
+	p := &proc{stdout: closed, stderr: lines(errPipe, &wg), cmd: cmd, done: make(chan struct{})}
+	go func() {
+		wg.Wait()
+		cmd.Wait()
+		p.code = cmd.ProcessState.ExitCode() // -1 when a signal ended it
+		close(p.done)
+	}()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-p.done
+	})
+	port := p.port(t)
+
+	s := sender(t, "udp4", sendOpts{})
+	send(t, s, loopback("udp4", port), []byte("first"))
+	if l, err := bufio.NewReader(r).ReadString('\n'); err != nil || !strings.Contains(l, `"first"`) {
+		t.Fatalf("first line %q, %v", l, err)
+	}
+	r.Close()
+	send(t, s, loopback("udp4", port), []byte("to nobody"))
+	code, _, stderr := p.wait(t)
+	if code != exitOK || len(stderr) != 1 {
+		t.Fatalf("exit %d (%v), stderr %q; want 0 and the stats", code, cmd.ProcessState, stderr)
+	}
+	if st := checkStats(t, stderr[0]); st["delivered"] != 1 {
+		t.Errorf("stats %s: want delivered 1, the line read", stderr[0])
 	}
 }
 
