@@ -170,14 +170,19 @@ func TestCountedOnceHandedOver(t *testing.T) {
 	for range 3 {
 		sendTo(t, c, "127.0.0.1", s.Port(), []byte("x"))
 	}
-	st := waitStats(t, s, func(st Stats) bool { return st.Delivered+st.Pending == 3 })
-	if st.Delivered != 1 || st.Pending != 2 {
+	// The receive goroutine blocks handing over the second while the
+	// channel holds the first; the third may still be in the ring.
+	st := waitStats(t, s, func(st Stats) bool { return st.Pending > 0 })
+	time.Sleep(50 * time.Millisecond)
+	if st = s.Stats(); st.Delivered != 1 || st.Pending == 0 || st.Delivered+st.Pending > 3 {
 		t.Fatalf("channel holds 1 of 3: %+v", st)
 	}
-	recvOne(t, s.Packets(), time.Second)
-	st = waitStats(t, s, func(st Stats) bool { return st.Delivered == 2 })
-	if st.Pending != 1 {
-		t.Fatalf("after one receive: %+v", st)
+	for range 3 {
+		recvOne(t, s.Packets(), time.Second)
+	}
+	st = waitStats(t, s, func(st Stats) bool { return st.Delivered == 3 })
+	if st.Pending != 0 {
+		t.Fatalf("all received: %+v", st)
 	}
 }
 
