@@ -131,3 +131,43 @@ func ExampleHeader_ECN() {
 	fmt.Println(h.DSCP(), h.ECN())
 	// Output: 46 CE
 }
+
+// Watching malformed traffic as a security tool would: datagrams the
+// stream drops reach the channel as errors, with what their header said.
+func ExampleWithDropErrors() {
+	pkts, err := udpstream.Listen(context.Background(), 123, udpstream.HeaderOnly, udpstream.WithDropErrors())
+	if err != nil {
+		log.Fatal(err)
+	}
+	var panicked *udpstream.DecoderPanicError
+	for p := range pkts {
+		switch {
+		case errors.Is(p.Err, udpstream.ErrMalformed), errors.Is(p.Err, udpstream.ErrChecksum):
+			log.Printf("%v from %v, ttl %d", p.Err, p.Header.Src, p.Header.TTL)
+		case errors.As(p.Err, &panicked):
+			log.Printf("%v\n%s", panicked, panicked.Stack)
+		}
+	}
+}
+
+// Answering with header fields of one's choice, zero included: mDNS
+// answers with TTL 255, and a zero traffic class clears a default.
+func ExampleSendOptions() {
+	s, err := udpstream.Open(context.Background(), 0, udpstream.Payload,
+		udpstream.WithSendOptions(udpstream.SendOptions{TOS: udpstream.Value(0xb8)}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	for p := range s.Packets() {
+		if p.Err == nil {
+			_ = p.ReplyWith(p.Value, udpstream.SendOptions{TTL: udpstream.Value(255), TOS: udpstream.Value(0)})
+		}
+	}
+}
+
+func ExampleValue() {
+	o := udpstream.SendOptions{TTL: udpstream.Value(64)}
+	fmt.Println(o.TTL, o.TOS)
+	// Output: 64 unset
+}
