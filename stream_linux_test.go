@@ -775,12 +775,15 @@ func TestFanout(t *testing.T) {
 		}
 	}
 	next := map[byte]byte{}
+	seen := map[[2]byte]Header{} // to tell a duplicate from a reordering
 	for range flows * per {
 		p := recvOne(t, s.Packets(), 2*time.Second)
 		flow, seq := p.Value[0], p.Value[1]
 		if seq != next[flow] {
-			t.Fatalf("flow %d: got %d, want %d", flow, seq, next[flow])
+			prev, dup := seen[[2]byte{flow, seq}]
+			t.Fatalf("flow %d: got %d, want %d; header %+v; seen before: %v %+v", flow, seq, next[flow], p.Header, dup, prev)
 		}
+		seen[[2]byte{flow, seq}] = p.Header
 		next[flow]++
 	}
 	expectNone(t, s.Packets(), 100*time.Millisecond)
