@@ -91,7 +91,7 @@ func TestFragmentedByKernel(t *testing.T) {
 	expectNone(t, s.Packets(), 100*time.Millisecond)
 	// The peer's multicast listener reports (ICMPv6 behind a Hop-by-Hop
 	// header) pass the kernel filter and are counted as not UDP.
-	if st := s.Stats(); st.Delivered != 4 || st.Dropped() != st.NotUDP {
+	if st := settled(t, s); st.Delivered != 4 || st.Dropped() != st.NotUDP {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -141,7 +141,7 @@ func TestFragmentedInjected(t *testing.T) {
 		}
 	}
 	expectNone(t, s.Packets(), 200*time.Millisecond)
-	if st := s.Stats(); st.Delivered != 2 || st.FragOverlap != 2 || st.OtherPort != 2 {
+	if st := settled(t, s); st.Delivered != 2 || st.FragOverlap != 2 || st.OtherPort != 2 {
 		t.Fatalf("stats %+v, want 2 delivered, 2 overlaps, 2 for another port", st)
 	}
 }

@@ -124,7 +124,7 @@ func TestViewsBounded(t *testing.T) {
 			}
 		}
 	}
-	if st := s.Stats(); st.Delivered != uint64(want) || st.Dropped() != 0 {
+	if st := settled(t, s); st.Delivered != uint64(want) || st.Dropped() != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -309,13 +309,13 @@ func TestDropErrors(t *testing.T) {
 			t.Errorf("packet %d: value %q for a dropped datagram", i, p.Value)
 		}
 	}
-	st := s.Stats()
+	st := settled(t, s)
 	if st.BadUDPChecksum != 1 || st.Malformed != 1 || st.ZeroUDPChecksum != 1 || st.Delivered != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 	recvOne(t, plain.Packets(), time.Second)
 	expectNone(t, plain.Packets(), 100*time.Millisecond)
-	if st := plain.Stats(); st.BadUDPChecksum != 1 || st.Malformed != 1 || st.Delivered != 1 {
+	if st := settled(t, plain); st.BadUDPChecksum != 1 || st.Malformed != 1 || st.Delivered != 1 {
 		t.Fatalf("without the option: %+v", st)
 	}
 
@@ -356,7 +356,7 @@ func TestDropErrors(t *testing.T) {
 		}
 		break
 	}
-	st = big.Stats()
+	st = settled(t, big)
 	if long == 0 || uint64(long) != st.TooLong || st.Delivered+st.Dropped() != n+1 {
 		t.Fatalf("%d surfaced as too long; %+v", long, st)
 	}

@@ -309,7 +309,7 @@ func TestReplyToBroadcast(t *testing.T) {
 	h.src = netip.MustParseAddr("192.0.2.1").As4()
 	in.send(t, h.udp(cport, s.Port(), []byte("spoofed")))
 	expectNone(t, s.Packets(), 200*time.Millisecond)
-	if st := s.Stats(); st.NotLocal != 1 {
+	if st := settled(t, s); st.NotLocal != 1 {
 		t.Fatalf("stats %+v, want the spoofed datagram counted as not local", st)
 	}
 }

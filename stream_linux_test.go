@@ -113,7 +113,7 @@ func TestDualStackHeaders(t *testing.T) {
 			t.Errorf("ipv%d fragments %d udp length %d", p.Header.Version, p.Header.Fragments, p.Header.UDPLength)
 		}
 	}
-	st := s.Stats()
+	st := settled(t, s)
 	if st.Delivered != 2 || st.Dropped() != 0 {
 		t.Errorf("stats %+v", st)
 	}
@@ -168,7 +168,7 @@ func TestFiltering(t *testing.T) {
 		t.Fatalf("got %q err %v, want the datagram to the port", p.Value, p.Err)
 	}
 	expectNone(t, plain.Packets(), 200*time.Millisecond)
-	if st := plain.Stats(); st.Delivered != 1 || st.NotUDP != 0 || st.OtherPort != 0 {
+	if st := settled(t, plain); st.Delivered != 1 || st.NotUDP != 0 || st.OtherPort != 0 {
 		t.Errorf("plain stream stats: %+v (the kernel filter should have kept TCP and other ports out)", st)
 	}
 }
@@ -205,7 +205,7 @@ func TestPortErrors(t *testing.T) {
 	if errs != 2 || ok != 1 {
 		t.Fatalf("%d port errors and %d datagrams, want 2 and 1", errs, ok)
 	}
-	if st := s.Stats(); st.Delivered != 1 || st.OtherPort != 2 {
+	if st := settled(t, s); st.Delivered != 1 || st.OtherPort != 2 {
 		t.Errorf("stats %+v", st)
 	}
 }
@@ -363,7 +363,7 @@ func TestDestinationNotLocal(t *testing.T) {
 			t.Errorf("delivered %q", g)
 		}
 	}
-	if st := s.Stats(); st.NotLocal != 5 || st.Delivered != 3 {
+	if st := settled(t, s); st.NotLocal != 5 || st.Delivered != 3 {
 		t.Errorf("stats %+v, want 5 not local and 3 delivered", st)
 	}
 	n := 0
@@ -401,7 +401,7 @@ func TestAddressAdded(t *testing.T) {
 	time.Sleep(50 * time.Millisecond)
 	in.send(t, h.udp(4000, s.Port(), []byte("removed address")))
 	expectNone(t, s.Packets(), 200*time.Millisecond)
-	if st := s.Stats(); st.NotLocal != 1 {
+	if st := settled(t, s); st.NotLocal != 1 {
 		t.Fatalf("stats %+v, want the datagram to the removed address counted as not local", st)
 	}
 }
@@ -449,12 +449,12 @@ func TestInjectedDrops(t *testing.T) {
 		t.Fatalf("delivered %v", seen)
 	}
 	expectNone(t, s.Packets(), 200*time.Millisecond)
-	st := s.Stats()
+	st := settled(t, s)
 	if st.BadUDPChecksum != 1 || st.OtherPort != 1 || st.Delivered != 2 {
 		t.Fatalf("stats %+v", st)
 	}
 	recvOne(t, s4.Packets(), time.Second) // "good"
-	if st := s4.Stats(); st.NotUDP != 0 || st.BadUDPChecksum != 1 || st.Delivered != 1 {
+	if st := settled(t, s4); st.NotUDP != 0 || st.BadUDPChecksum != 1 || st.Delivered != 1 {
 		t.Fatalf("ipv4 stream stats %+v: the kernel filter should have kept TCP out", st)
 	}
 }
@@ -483,7 +483,7 @@ func TestSlowConsumer(t *testing.T) {
 		}
 		break
 	}
-	st := s.Stats()
+	st := settled(t, s)
 	if uint64(delivered) != st.Delivered {
 		t.Errorf("received %d, Stats.Delivered %d", delivered, st.Delivered)
 	}
@@ -588,7 +588,7 @@ func TestDecoderErrorAndPanic(t *testing.T) {
 			}
 		}
 	}
-	if st := s.Stats(); st.DecodeErrors != 2 || st.Delivered != 1 {
+	if st := settled(t, s); st.DecodeErrors != 2 || st.Delivered != 1 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -796,7 +796,7 @@ func TestFanout(t *testing.T) {
 	if busy < 3 {
 		t.Fatalf("only %d of %d sockets received: the group did not spread flows", busy, len(s.handlers))
 	}
-	if st := s.Stats(); st.Delivered != flows*per {
+	if st := settled(t, s); st.Delivered != flows*per {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -830,7 +830,7 @@ func TestLargeOnLoopback(t *testing.T) {
 			}
 		}
 	}
-	if st := s.Stats(); st.Delivered != uint64(delivered) || st.Dropped() != 0 {
+	if st := settled(t, s); st.Delivered != uint64(delivered) || st.Dropped() != 0 {
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -968,7 +968,7 @@ func TestHandoverOrder(t *testing.T) {
 		}
 	}
 	expectNone(t, s.Packets(), 100*time.Millisecond)
-	if st := s.Stats(); st.Delivered != uint64(seq) || st.Dropped() != 0 {
+	if st := settled(t, s); st.Delivered != uint64(seq) || st.Dropped() != 0 {
 		t.Fatalf("sent %d: %+v", seq, st)
 	}
 }
@@ -1007,7 +1007,7 @@ func TestGSO(t *testing.T) {
 		for i := range payload {
 			payload[i] = byte(i / c.size)
 		}
-		before := s.Stats().Delivered
+		before := settled(t, s).Delivered
 		sendTo(t, sender, c.addr, s.Port(), payload)
 		var firstID uint32
 		for i := 0; i*c.size < c.total; i++ {
@@ -1026,7 +1026,7 @@ func TestGSO(t *testing.T) {
 			}
 		}
 		expectNone(t, s.Packets(), 50*time.Millisecond)
-		if st := s.Stats(); st.Delivered-before != uint64((c.total+c.size-1)/c.size) || st.Dropped() != 0 {
+		if st := settled(t, s); st.Delivered-before != uint64((c.total+c.size-1)/c.size) || st.Dropped() != 0 {
 			t.Fatalf("%s: %+v", c.network, st)
 		}
 	}
@@ -1094,7 +1094,7 @@ func TestTunLink(t *testing.T) {
 	}
 	expectNone(t, s.Packets(), 100*time.Millisecond)
 	// The kernel filter kept the rest from user space: nothing counted.
-	if st := s.Stats(); st.Delivered != 2 || st.Dropped() != 0 {
+	if st := settled(t, s); st.Delivered != 2 || st.Dropped() != 0 {
 		t.Fatalf("stats %+v, want 2 delivered and nothing reaching user space to drop", st)
 	}
 }
@@ -1151,4 +1151,13 @@ func TestTunLinkAsUser(t *testing.T) {
 	if err != nil || bytes.Contains(out, []byte("--- FAIL")) {
 		t.Fatalf("TestTunLink as nobody failed: %v", err)
 	}
+}
+
+// settled returns s's counters once every datagram handed over is counted
+// (Delivered counts a datagram just after its send, so for a moment after
+// the consumer has it, it is still Pending). The caller has received all
+// it expects.
+func settled[T any](t *testing.T, s *Stream[T]) Stats {
+	t.Helper()
+	return waitStats(t, s, func(st Stats) bool { return st.Pending == 0 })
 }
