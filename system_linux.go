@@ -63,6 +63,13 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			return nil, err
 		}
 	}
+	// The namespace's rules, read once: the kernel's verdicts follow
+	// them. A reassembly timeout the caller chose overrides both
+	// families' sysctls.
+	rules := readNetRules()
+	if cfg.reasmTimeoutSet {
+		rules.fragTime4, rules.fragTime6 = cfg.reasmTimeout, cfg.reasmTimeout
+	}
 	ringBytes := max(cfg.bufferSize/cfg.fanout, minBufferSize)
 	for _, fam := range cfg.families() {
 		group := -1 // no group
@@ -74,6 +81,7 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			if err != nil {
 				return nil, err
 			}
+			ps.rules = rules
 			s.sources = append(s.sources, ps)
 			group = id
 		}
@@ -166,6 +174,7 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 			// A super-packet is as many datagrams lost.
 			h.counts.drops[dropTooLong].Add(uint64(gsoCount(pkt, m.ipLen, m.gso)))
 		} else {
+			h.p.env = frameEnv{rules: ps.rules, ifIndex: m.ifIndex, pktType: ps.pktType}
 			err = h.handle(ctx, pkt, &m)
 		}
 		ps.release()
