@@ -284,6 +284,9 @@ func (g *diffGen) fragments(pkt []byte, link int, cat *string) []diffFrame {
 			frags[i] = unalign(pkt, frags[i], 1+g.intn(7))
 		}
 	}
+	if len(frags) > DefaultMaxFragments {
+		*cat += ", over 64 fragments"
+	}
 	g.r.Shuffle(len(frags), func(i, j int) { frags[i], frags[j] = frags[j], frags[i] })
 	out := make([]diffFrame, len(frags))
 	for i, f := range frags {
@@ -571,11 +574,7 @@ var mutations = []mutation{
 	{name: "destination", post: func(g *diffGen, pkt *[]byte) int {
 		b := *pkt
 		if is6(b) {
-			a := pick(g, "2001:db8::77", "::1", "ff02::1", "ff02::2", "ff02::1:ff00:10", "ff01::1", "ff0e::1234", "::")
-			setDst(b, netip.MustParseAddr(a))
-			if a[:2] == "ff" {
-				return linkMulticast
-			}
+			setDst(b, netip.MustParseAddr(pick(g, "2001:db8::77", "::1", "::", "fe80::10", "2001:db8::")))
 			return linkHost
 		}
 		a := pick(g, "192.0.2.77", "127.0.0.1", "192.0.2.255", "255.255.255.255", "224.0.0.1", "239.1.2.3", "0.0.0.0", "192.0.2.0", "198.51.100.1")
@@ -587,6 +586,12 @@ var mutations = []mutation{
 			return pick(g, linkBroadcast, linkHost)
 		}
 		return linkHost
+	}, fragOK: true},
+	{name: "multicast destination", family: 6, post: func(g *diffGen, pkt *[]byte) int {
+		// Groups this host is in (all nodes, its solicited-node group)
+		// and groups it is not.
+		setDst(*pkt, netip.MustParseAddr(pick(g, "ff02::1", "ff02::2", "ff02::1:ff00:10", "ff01::1", "ff0e::1234", "ff02::1:ff00:99")))
+		return linkMulticast
 	}, fragOK: true},
 	{name: "source", post: func(g *diffGen, pkt *[]byte) int {
 		b := *pkt
