@@ -113,11 +113,18 @@ type extHdr struct {
 }
 
 // optsHdr is a Hop-by-Hop or Destination Options header of n bytes (a
-// multiple of 8) holding one PadN option.
+// multiple of 8) holding one PadN option, behind an option to skip (type
+// 0x1e) when n is more than 8: Linux refuses more than 7 bytes of padding
+// in a row.
 func optsHdr(typ uint8, n int) extHdr {
 	b := make([]byte, n)
 	b[1] = byte(n/8 - 1)
-	b[2], b[3] = 1, byte(n-4)
+	pad := 2
+	if n > 8 {
+		b[2], b[3] = 0x1e, byte(n-10)
+		pad = n - 6
+	}
+	b[pad], b[pad+1] = 1, byte(n-pad-2)
 	return extHdr{typ, b}
 }
 
@@ -256,7 +263,7 @@ func checkViews(frame []byte, want uint8, port uint16, flags classifyFlags, v ve
 		if !inside(p.ip, p.udp) || !inside(p.ip, p.l4) || !inside(p.l4, p.udp) {
 			return "p.udp or p.l4 outside p.ip"
 		}
-		if len(p.udp) < 8 || len(p.udp) != int(p.UDPLength) {
+		if len(p.udp) < 8 || len(p.udp) != int(p.UDPLength) && !(p.Version == 6 && p.UDPLength == 0 && len(p.udp) == len(p.l4)) {
 			return "len(p.udp) != UDPLength"
 		}
 		if binary.BigEndian.Uint16(p.udp[4:]) != p.UDPLength ||
@@ -290,7 +297,7 @@ func checkViews(frame []byte, want uint8, port uint16, flags classifyFlags, v ve
 		}
 	case fragment:
 		f := p.frag
-		if !inside(frame, f.data) || len(f.data) == 0 {
+		if !inside(frame, f.data) {
 			return "fragment data outside the frame"
 		}
 		if !startsAt(frame, f.head) || !inside(frame, f.head) {

@@ -1,5 +1,7 @@
 package udpstream
 
+import "time"
+
 // verdict is what classify decides about one frame: deliver it, hand it to
 // reassembly, or drop it for a specific reason. Every drop reason is its own
 // value because the stream counts each.
@@ -21,6 +23,8 @@ const (
 	dropBadIPChecksum
 	dropBadUDPChecksum
 	dropZeroChecksum6 // UDP checksum 0 over IPv6 (RFC 8200, 8.1)
+	dropBadOptions    // IPv4 options or IPv6 options the kernel refuses
+	dropMartian       // a source address the kernel refuses
 	dropUnsupported   // jumbogram, ESP, AH, routing header in transit, ...
 
 	// Reasons decided by the stream rather than by the parser.
@@ -29,6 +33,7 @@ const (
 	dropFragOverlap
 	dropFragTimeout
 	dropFragEvicted // reassembly limits: memory, per-source, fragment count
+	dropFragECN     // fragments whose ECN codepoints do not combine
 	dropKernel      // the kernel dropped it: receive ring full
 
 	numVerdicts
@@ -44,13 +49,17 @@ const (
 	flagChecksumVouched classifyFlags = 1 << iota
 )
 
-// maxExtHeaders bounds the IPv6 extension-header chain walked before UDP.
-// Real traffic carries one or two; the bound makes a crafted chain cheap.
-const maxExtHeaders = 8
+// maxExtHeaders bounds the IPv6 extension-header chain walked before UDP,
+// so that its types fit in parsed without allocating. Real traffic
+// carries one or two; Linux has no bound, and a longer chain is the one
+// difference the README names.
+const maxExtHeaders = 32
 
 // parsed is the result of classify. Its slices are views into the frame.
 type parsed struct {
 	Header // Options is a view; ExtHeaders is nil (see ext)
+
+	env frameEnv // set by the caller, kept by classify
 
 	ext  [maxExtHeaders]uint8 // IPv6 extension headers before UDP, in order
 	extN uint8
@@ -75,7 +84,11 @@ type fragInfo struct {
 	// nextHeader is the protocol of the fragmentable part (the Fragment
 	// header's Next Header for IPv6; the protocol field for IPv4).
 	nextHeader uint8
-	data       []byte // the fragment's share of the fragmentable part
+	data       []byte // the fragment's share of the fragmentable part; empty for an empty fragment
+	ecn        uint8  // the fragment's ECN codepoint
+	// timeout is the namespace's reassembly timeout for the family
+	// (ipfrag_time, ip6frag_time); 0 for the reassembler's own.
+	timeout time.Duration
 }
 
 // classify parses one frame as an AF_PACKET datagram socket delivers it: it
@@ -83,7 +96,8 @@ type fragInfo struct {
 // datagram. want is the IP version the receiving socket is bound to (4 or
 // 6); port is the listened port. classify fills p and never allocates.
 func classify(frame []byte, want uint8, port uint16, flags classifyFlags, p *parsed) verdict {
-	*p = parsed{}
+	env := p.env
+	*p = parsed{env: env}
 	if len(frame) == 0 {
 		return dropNotIP
 	}

@@ -48,6 +48,7 @@ var verdictNames = [...]string{
 	dropMalformedUDPHeader: "dropMalformedUDPHeader", dropMalformedUDPLength: "dropMalformedUDPLength",
 	dropBadIPChecksum: "dropBadIPChecksum", dropBadUDPChecksum: "dropBadUDPChecksum",
 	dropZeroChecksum6: "dropZeroChecksum6", dropUnsupported: "dropUnsupported",
+	dropBadOptions: "dropBadOptions", dropMartian: "dropMartian",
 }
 
 // verdictName names v in failure messages.
@@ -334,6 +335,51 @@ func BenchmarkClassify(b *testing.B) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// TestClassifyRules checks the verdicts that follow the namespace's
+// sysctls and the frame's link-layer type.
+func TestClassifyRules(t *testing.T) {
+	pl := []byte("rules")
+	h4 := v4()
+	h4.opts = []byte{131, 7, 8, 192, 0, 2, 10, 0} // loose source route, done
+	lsrr := h4.udp(1000, testPort, pl)
+	seg6 := v6(extHdr{nhRouting, []byte{0, 0, 4, 0, 0, 0, 0, 0}}).udp(1000, testPort, pl)
+	rt0 := v6(routingHdr(0)).udp(1000, testPort, pl)
+	three := v6(extHdr{nhDestOptions, []byte{0, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0}}).udp(1000, testPort, pl)
+
+	on := defaultRules
+	on.def = ifRules{sourceRoute4: true, seg6: true}
+	on.ifs = map[int]ifRules{7: {}}
+	on.maxDstOpts = 2
+	refuse := defaultRules
+	refuse.maxDstOpts = -8
+	cases := []struct {
+		name  string
+		frame []byte
+		env   frameEnv
+		want  verdict
+	}{
+		{"source route, accept_source_route on", lsrr, frameEnv{rules: &on, ifIndex: 1}, deliver},
+		{"source route, off on this interface", lsrr, frameEnv{rules: &on, ifIndex: 7}, dropBadOptions},
+		{"source route, link broadcast", lsrr, frameEnv{rules: &on, ifIndex: 1, pktType: pktBroadcast}, dropBadOptions},
+		{"segment routing done, seg6_enabled", seg6, frameEnv{rules: &on, ifIndex: 1}, deliver},
+		{"segment routing done, off on this interface", seg6, frameEnv{rules: &on, ifIndex: 7}, dropUnsupported},
+		{"routing header, link broadcast", rt0, frameEnv{pktType: pktBroadcast}, dropUnsupported},
+		{"routing header, link multicast", rt0, frameEnv{pktType: pktMulticast}, dropUnsupported},
+		{"three options, max_dst_opts_number 2", three, frameEnv{rules: &on}, dropBadOptions},
+		{"unknown option, max_dst_opts_number negative", three, frameEnv{rules: &refuse}, dropBadOptions},
+		{"three options by default", three, frameEnv{}, deliver},
+	}
+	for _, c := range cases {
+		p := parsed{env: c.env}
+		if v := classify(c.frame, c.frame[0]>>4, testPort, 0, &p); v != c.want {
+			t.Errorf("%s: verdict %s, want %s", c.name, verdictName(v), verdictName(c.want))
+		}
+		if p.env != c.env {
+			t.Errorf("%s: classify did not keep the frame's environment", c.name)
 		}
 	}
 }

@@ -166,8 +166,15 @@ type datagram struct {
 	received int         // data bytes held: the sum of ranges
 
 	dead bool
-	cost int // bytes charged: datagramOverhead, ranges, chunks, head
+	cost int   // bytes charged: datagramOverhead, ranges, chunks, head
+	ecn  uint8 // the ECN codepoints of its fragments, one bit each (1 << codepoint)
 }
+
+// Bits of datagram.ecn.
+const (
+	ecnNotECT = 1 << 0
+	ecnCE     = 1 << 3
+)
 
 // fragSource is the per-source-address account.
 type fragSource struct {
@@ -289,13 +296,35 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 	}
 
 	d := r.datagrams[k]
+	if d != nil && !now.Before(d.deadline) {
+		// Past its own timeout, though expireLocked, which walks in
+		// arrival order, has not reached it: datagrams of the other
+		// family may have a longer timeout.
+		if !d.dead {
+			r.timeouts++
+		}
+		r.remove(d)
+		d = nil
+	}
 	if d != nil && d.dead {
 		r.absorb(d, off, end, f.more)
 		return nil, 0, fragment
 	}
+	if len(f.data) == 0 {
+		// A fragment with no data discards the datagram it belongs to,
+		// and later fragments start anew (ip_frag_queue,
+		// ip6_frag_queue). It is that datagram's drop, or its own.
+		if d != nil {
+			r.remove(d)
+		}
+		return nil, 0, dropMalformedFragment
+	}
 	if d == nil {
 		if d = r.start(k, now); d == nil {
 			return nil, 0, dropFragEvicted
+		}
+		if f.timeout > 0 {
+			d.deadline = now.Add(f.timeout)
 		}
 	}
 
@@ -371,9 +400,16 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 	}
 	d.write(r, off, f.data)
 	d.insert(i, off, end, f.more)
+	d.ecn |= 1 << (f.ecn & 3)
 
 	if d.headLen == 0 || d.end < 0 || d.received != d.end {
 		return nil, 0, fragment
+	}
+	if d.ecn&ecnNotECT != 0 && d.ecn&^ecnNotECT != 0 {
+		// Not-ECT fragments with ECN-capable ones: RFC 3168, 5.3
+		// (ip_frag_ecn_table).
+		r.kill(d)
+		return nil, 0, dropFragECN
 	}
 	whole, frags = r.finish(d)
 	return whole, frags, deliver
@@ -383,10 +419,10 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 // classify guarantees all of it, but add never relies on that.
 func validFragment(version uint8, f *fragInfo, maxEnd int) bool {
 	n := len(f.data)
-	if maxEnd <= 0 || n == 0 || f.offset < 0 || f.offset%8 != 0 || f.more && n%8 != 0 || f.offset > maxEnd-n {
+	if maxEnd <= 0 || f.offset < 0 || f.offset%8 != 0 || f.more && n%8 != 0 || f.offset > maxEnd-n {
 		return false
 	}
-	if f.offset != 0 {
+	if f.offset != 0 || n == 0 {
 		return true
 	}
 	h := f.head
@@ -616,6 +652,14 @@ func (r *reassembler) finish(d *datagram) ([]byte, int) {
 	copy(b, d.head)
 	for w, off := 0, 0; off < d.end; w, off = w+1, off+chunkSize {
 		copy(b[d.headLen+off:total], d.chunks[w][:])
+	}
+	if d.ecn&ecnCE != 0 {
+		// Congestion met by any fragment is met by the datagram.
+		if d.key.version == 4 {
+			b[1] |= 3
+		} else {
+			b[1] |= 3 << 4
+		}
 	}
 	if d.key.version == 4 {
 		binary.BigEndian.PutUint16(b[2:], uint16(total))

@@ -124,7 +124,15 @@ func (s *reasmSent) v6Header(plen int) []byte {
 		if typ == nhRouting {
 			e[2] = 253 // experimental type; segments left 0
 		} else {
-			e[2], e[3] = 1, byte(len(e)-4) // PadN
+			// PadN, behind an option to skip where the header is
+			// longer than 8: Linux refuses more than 7 bytes of
+			// padding in a row.
+			pad := 2
+			if len(e) > 8 {
+				e[2], e[3] = 0x1e, byte(len(e)-10)
+				pad = len(e) - 6
+			}
+			e[pad], e[pad+1] = 1, byte(len(e)-pad-2)
 		}
 		h = append(h, e...)
 		prev = start
@@ -1343,5 +1351,100 @@ func reasmFuzzCheck(t *testing.T, s *reasmSent, expect, whole []byte, frags int)
 	}
 	if p.TTL != s.ttl || p.ID != s.id || !bytes.Equal(p.Options, s.opts) {
 		t.Fatalf("header TTL %d ID %#x options % x, want %d %#x % x", p.TTL, p.ID, p.Options, s.ttl, s.id, s.opts)
+	}
+}
+
+// twoFragments4 is an IPv4 datagram of 16 data bytes in two fragments
+// with the given ECN codepoints.
+func twoFragments4(ecn1, ecn2 uint8) (first, last fragInfo) {
+	h := v4()
+	h.proto = protoUDP
+	head := h.packet(nil)
+	first = fragInfo{id: 1, offset: 0, more: true, head: head, nextHeader: protoUDP, data: payloadOf(8), ecn: ecn1}
+	last = fragInfo{id: 1, offset: 8, head: head, nextHeader: protoUDP, data: payloadOf(8), ecn: ecn2}
+	return first, last
+}
+
+// TestReassembleECN checks the ECN rules of RFC 3168, 5.3, as Linux's
+// ip_frag_ecn_table applies them: CE on any fragment marks the datagram,
+// and Not-ECT mixed with an ECN-capable codepoint drops it.
+func TestReassembleECN(t *testing.T) {
+	src, dst := netip.AddrFrom4(src4), netip.AddrFrom4(dst4)
+	for _, c := range []struct {
+		ecn1, ecn2 uint8
+		want       verdict
+		wantECN    uint8
+	}{
+		{0, 0, deliver, 0}, {2, 2, deliver, 2}, {1, 2, deliver, 1}, {2, 3, deliver, 3},
+		{3, 1, deliver, 3}, {3, 3, deliver, 3}, {0, 3, dropFragECN, 0}, {2, 0, dropFragECN, 0},
+	} {
+		r := newReassembler(reassemblyConfig{})
+		first, last := twoFragments4(c.ecn1, c.ecn2)
+		first.head = bytes.Clone(first.head)
+		first.head[1] = 0xb8 | c.ecn1 // DSCP 46 and the first fragment's ECN
+		if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+			t.Fatalf("ECN %d, %d: first fragment: %s", c.ecn1, c.ecn2, verdictName(v))
+		}
+		whole, _, v := r.add(4, src, dst, &last, reasmT0)
+		if v != c.want {
+			t.Errorf("ECN %d, %d: verdict %s, want %s", c.ecn1, c.ecn2, verdictName(v), verdictName(c.want))
+			continue
+		}
+		if v != deliver {
+			continue
+		}
+		if got := whole[1]; got != 0xb8|c.wantECN || refSum(0, whole[:20]) != 0xffff {
+			t.Errorf("ECN %d, %d: TOS %#x (header sum %#x), want %#x", c.ecn1, c.ecn2, got, refSum(0, whole[:20]), 0xb8|c.wantECN)
+		}
+		r.release(whole)
+	}
+}
+
+// TestReassembleEmptyFragment checks that a fragment with no data
+// discards the datagram in reassembly, and that later fragments start a
+// new one (ip_frag_queue).
+func TestReassembleEmptyFragment(t *testing.T) {
+	src, dst := netip.AddrFrom4(src4), netip.AddrFrom4(dst4)
+	r := newReassembler(reassemblyConfig{})
+	first, last := twoFragments4(0, 0)
+	empty := last
+	empty.data, empty.more = nil, true
+	if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+		t.Fatalf("first: %s", verdictName(v))
+	}
+	if _, _, v := r.add(4, src, dst, &empty, reasmT0); v != dropMalformedFragment {
+		t.Fatalf("empty: %s, want dropMalformedFragment", verdictName(v))
+	}
+	if _, _, v := r.add(4, src, dst, &last, reasmT0); v != fragment {
+		t.Fatalf("last after the empty one: %s, want fragment (a new datagram)", verdictName(v))
+	}
+	whole, _, v := r.add(4, src, dst, &first, reasmT0)
+	if v != deliver {
+		t.Fatalf("first again: %s, want deliver", verdictName(v))
+	}
+	r.release(whole)
+}
+
+// TestReassembleTimeoutPerFragment checks that a fragment's own timeout
+// (the namespace's ipfrag_time or ip6frag_time) bounds its datagram, even
+// when an older datagram with a longer one is still waiting.
+func TestReassembleTimeoutPerFragment(t *testing.T) {
+	src, dst := netip.AddrFrom4(src4), netip.AddrFrom4(dst4)
+	r := newReassembler(reassemblyConfig{timeout: time.Minute})
+	older, _ := twoFragments4(0, 0)
+	older.id = 2
+	if _, _, v := r.add(4, src, dst, &older, reasmT0); v != fragment {
+		t.Fatalf("older: %s", verdictName(v))
+	}
+	first, last := twoFragments4(0, 0)
+	first.timeout, last.timeout = time.Second, time.Second
+	if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+		t.Fatalf("first: %s", verdictName(v))
+	}
+	if _, _, v := r.add(4, src, dst, &last, reasmT0.Add(2*time.Second)); v != fragment {
+		t.Fatalf("last, after the timeout: %s, want fragment (a new datagram)", verdictName(v))
+	}
+	if to, _ := r.drops(); to != 1 {
+		t.Fatalf("%d timeouts, want 1", to)
 	}
 }

@@ -54,13 +54,25 @@ func parseIPv4(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 	p.ip = b
 	p.l4 = b[ihl:]
 
+	if martianSource4(p.Src.Addr(), p.Dst.Addr()) {
+		return dropMartian
+	}
+	if p.Options != nil && !validOptions4(p.Options, &p.env) {
+		return dropBadOptions
+	}
 	if proto != protoUDP {
 		return dropNotUDP
 	}
 	offset := int(fo&ipv4OffsetMask) * 8
 	if p.MF || offset != 0 {
 		data := p.l4
-		if p.MF && len(data)%8 != 0 || len(data) == 0 || offset+len(data) > ipv4MaxDatagram-ihl {
+		if p.MF {
+			// The kernel trims a non-last fragment to a multiple of 8
+			// bytes (ip_frag_queue); one left empty discards its
+			// datagram in reassembly.
+			data = data[:len(data)&^7]
+		}
+		if offset+len(data) > ipv4MaxDatagram-ihl {
 			return dropMalformedFragment
 		}
 		p.frag = fragInfo{
@@ -70,8 +82,114 @@ func parseIPv4(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 			head:       b[:ihl],
 			nextHeader: proto,
 			data:       data,
+			ecn:        p.TOS & 3,
+			timeout:    p.env.fragTimeout(4),
 		}
 		return fragment
 	}
 	return parseUDP(p, b[12:20], port, flags)
+}
+
+// IPv4 option types the kernel checks (RFC 791, RFC 1108, RFC 2113).
+const (
+	ipoptEnd   = 0
+	ipoptNOP   = 1
+	ipoptRR    = 7
+	ipoptTS    = 68
+	ipoptLSRR  = 131
+	ipoptCIPSO = 134
+	ipoptSSRR  = 137
+	ipoptRA    = 148
+
+	ipoptTSAndAddr = 1
+	ipoptTSPrespec = 3
+)
+
+// validOptions4 reports whether the kernel accepts the options o of a
+// received datagram: net/ipv4/ip_options.c, ip_options_compile, then the
+// source-route rules of ip_rcv_options. Options it does not know are
+// accepted and ignored; everything after End of Options is ignored.
+func validOptions4(o []byte, env *frameEnv) bool {
+	var rr, ts bool
+	srr := -1 // offset of a source-route option
+	i := 0
+loop:
+	for i < len(o) {
+		switch o[i] {
+		case ipoptEnd:
+			break loop
+		case ipoptNOP:
+			i++
+			continue
+		}
+		if len(o)-i < 2 {
+			return false
+		}
+		n := int(o[i+1])
+		if n < 2 || n > len(o)-i {
+			return false
+		}
+		opt := o[i : i+n]
+		switch o[i] {
+		case ipoptLSRR, ipoptSSRR:
+			if n < 3 || opt[2] < 4 || srr >= 0 {
+				return false
+			}
+			srr = i
+		case ipoptRR:
+			if rr || n < 3 || opt[2] < 4 || int(opt[2]) <= n && int(opt[2])+3 > n {
+				return false
+			}
+			rr = true
+		case ipoptTS:
+			if ts || n < 4 || opt[2] < 5 {
+				return false
+			}
+			ptr, flags := int(opt[2]), opt[3]&0xf
+			if ptr <= n {
+				if ptr+3 > n || (flags == ipoptTSAndAddr || flags == ipoptTSPrespec) && ptr+7 > n {
+					return false
+				}
+			} else if flags != ipoptTSPrespec && opt[3]>>4 == 15 {
+				return false // the overflow count would overflow
+			}
+			ts = true
+		case ipoptRA:
+			if n < 4 {
+				return false
+			}
+		case ipoptCIPSO:
+			// Validated against the configured CIPSO domains
+			// (cipso_v4_validate), of which a host that has not set
+			// any up (netlabelctl) has none.
+			return false
+		}
+		i += n
+	}
+	if srr >= 0 {
+		// Source routing is off unless accept_source_route is set on
+		// the interface and for all (ip_rcv_options); when it is on, a
+		// route with hops left is forwarded, not delivered here, and
+		// ip_options_rcv_srr refuses one to a link broadcast.
+		opt := o[srr:]
+		if !env.netRules().on(env.ifIndex).sourceRoute4 || env.pktType != pktHost || int(opt[2]) <= int(opt[1]) {
+			return false
+		}
+	}
+	return true
+}
+
+// martianSource4 reports whether the kernel refuses src as the source of
+// a datagram to dst whatever the host's addresses: a multicast or limited
+// broadcast source, and 0.0.0.0 except to a broadcast (a host without an
+// address asking, as DHCP does): net/ipv4/route.c, ip_route_input_slow.
+func martianSource4(src, dst netip.Addr) bool {
+	s := src.As4()
+	switch {
+	case s[0] >= 224 && s[0] < 240, src == limitedBroadcast:
+		return true
+	case s == [4]byte{}:
+		return dst != limitedBroadcast && dst != netip.IPv4Unspecified()
+	}
+	return false
 }

@@ -3,6 +3,7 @@ package udpstream
 import (
 	"bytes"
 	"encoding/binary"
+	"net/netip"
 	"testing"
 )
 
@@ -76,6 +77,7 @@ func ipv4Cases() []classifyCase {
 		h.id, h.fo, h.proto = id, fo, protoUDP
 		return h.packet(data)
 	}
+	trimmed := frag(0x2000, seg[:20])
 	first := frag(0x2000, seg[:24])
 	middle := frag(0x2000|3, seg[24:40])
 	last := frag(5, seg[40:])
@@ -98,7 +100,7 @@ func ipv4Cases() []classifyCase {
 	tcpFrag := v4()
 	tcpFrag.proto, tcpFrag.fo = 6, 0x2000
 
-	return []classifyCase{
+	return append([]classifyCase{
 		{name: "options", frame: fixtureV4Options, want: 4, verdict: deliver,
 			hdr: &Header{
 				Version: 4, Src: ap4(src4, 54321), Dst: ap4(dst4, testPort),
@@ -168,9 +170,14 @@ func ipv4Cases() []classifyCase {
 			frag: &fragWant{id: id, offset: 0, more: true, head: optFirst[:24], nextHeader: protoUDP, data: seg[:24]}},
 		{name: "fragment with DF", frame: dfLast, want: 4, verdict: fragment,
 			frag: &fragWant{id: id, offset: 40, head: dfLast[:20], nextHeader: protoUDP, data: seg[40:]}},
-		{name: "non-final fragment not a multiple of 8", frame: frag(0x2000, seg[:20]), want: 4, verdict: dropMalformedFragment},
-		{name: "empty first fragment", frame: frag(0x2000, nil), want: 4, verdict: dropMalformedFragment},
-		{name: "empty last fragment", frame: frag(1, nil), want: 4, verdict: dropMalformedFragment},
+		// The kernel trims a non-final fragment to a multiple of 8, and
+		// one with no data discards its datagram in reassembly.
+		{name: "non-final fragment not a multiple of 8, trimmed", frame: trimmed, want: 4, verdict: fragment,
+			frag: &fragWant{id: id, offset: 0, more: true, head: trimmed[:20], nextHeader: protoUDP, data: seg[:16]}},
+		{name: "empty first fragment", frame: frag(0x2000, nil), want: 4, verdict: fragment,
+			frag: &fragWant{id: id, offset: 0, more: true, head: frag(0x2000, nil)[:20], nextHeader: protoUDP, data: []byte{}}},
+		{name: "non-final fragment under 8 bytes, trimmed to empty", frame: frag(0x2001, seg[:7]), want: 4, verdict: fragment},
+		{name: "empty last fragment", frame: frag(1, nil), want: 4, verdict: fragment},
 		// 20 + 65480 + 35 = 65535: the largest datagram reassembly can make.
 		{name: "fragment ending at 65535", frame: atLimit, want: 4, verdict: fragment,
 			frag: &fragWant{id: id, offset: 65480, head: atLimit[:20], nextHeader: protoUDP, data: payloadOf(35)}},
@@ -178,6 +185,58 @@ func ipv4Cases() []classifyCase {
 		{name: "fragment at the largest offset", frame: frag(0x1fff, payloadOf(8)), want: 4, verdict: dropMalformedFragment},
 		{name: "fragment of TCP", frame: tcpFrag.packet(payloadOf(16)), want: 4, verdict: dropNotUDP},
 		{name: "fragment with bad header checksum", frame: edited(middle, func(b []byte) { b[10] ^= 0x80 }), want: 4, verdict: dropBadIPChecksum},
+	}, options4Cases()...)
+}
+
+// options4Cases are IPv4 options and source addresses the kernel accepts
+// and refuses: ip_options_compile, ip_rcv_options, ip_route_input_slow.
+func options4Cases() []classifyCase {
+	pl := []byte("opt")
+	with := func(opts ...byte) []byte {
+		h := v4()
+		h.opts = opts
+		return h.udp(1000, testPort, pl)
+	}
+	from := func(src, dst string) []byte {
+		h := v4()
+		h.src, h.dst = netip.MustParseAddr(src).As4(), netip.MustParseAddr(dst).As4()
+		return h.udp(1000, testPort, pl)
+	}
+	ok := func(name string, frame []byte) classifyCase {
+		return classifyCase{name: name, frame: frame, want: 4, verdict: deliver, payload: pl}
+	}
+	bad := func(name string, frame []byte) classifyCase {
+		return classifyCase{name: name, frame: frame, want: 4, verdict: dropBadOptions}
+	}
+	return []classifyCase{
+		ok("unknown option skipped", with(0x1e, 4, 1, 2)),
+		ok("Router Alert longer than 4", with(148, 6, 0, 0, 0, 0, 0, 0)),
+		ok("Router Alert with a value", with(148, 4, 0, 1)),
+		ok("garbage after End of Options", with(0, 0x44, 1, 0x99)),
+		ok("Record Route full", with(7, 7, 8, 0, 0, 0, 0, 0)),
+		ok("Timestamp full, overflow 14", with(68, 8, 9, 0xe0, 0, 0, 0, 0)),
+		ok("Timestamp with an unknown flag", with(68, 8, 5, 2, 0, 0, 0, 0)),
+		bad("length past the header", with(0x1e, 12, 0, 0)),
+		bad("length 1", with(0x1e, 1, 0, 0)),
+		bad("no room for the length", with(1, 1, 1, 0x1e)),
+		bad("Router Alert of 3 bytes", with(148, 3, 0, 0)),
+		bad("Record Route pointer 3", with(7, 7, 3, 0, 0, 0, 0, 0)),
+		bad("Record Route pointer without room", with(7, 7, 5, 0, 0, 0, 0, 0)),
+		bad("Record Route twice", with(7, 3, 4, 7, 3, 4, 0, 0)),
+		bad("Timestamp pointer 4", with(68, 8, 4, 0, 0, 0, 0, 0)),
+		bad("Timestamp shorter than 4", with(68, 3, 5, 0)),
+		bad("Timestamp overflow at 15", with(68, 8, 9, 0xf0, 0, 0, 0, 0)),
+		bad("Timestamp with addresses, no room", with(68, 8, 5, 1, 0, 0, 0, 0)),
+		bad("Timestamp twice", with(68, 4, 5, 0, 68, 4, 5, 0)),
+		bad("CIPSO", with(134, 10, 0, 0, 0, 1, 1, 4, 0, 0, 0, 0)),
+		bad("loose source route, accept_source_route off", with(131, 7, 8, 192, 0, 2, 10, 0)),
+		bad("strict source route with hops left", with(137, 7, 4, 192, 0, 2, 10, 0)),
+		{name: "multicast source", frame: from("224.0.0.5", "198.51.100.7"), want: 4, verdict: dropMartian},
+		{name: "limited broadcast source", frame: from("255.255.255.255", "198.51.100.7"), want: 4, verdict: dropMartian},
+		{name: "unspecified source", frame: from("0.0.0.0", "198.51.100.7"), want: 4, verdict: dropMartian},
+		ok("unspecified source to limited broadcast", from("0.0.0.0", "255.255.255.255")),
+		ok("unspecified source to unspecified", from("0.0.0.0", "0.0.0.0")),
+		ok("class E source", from("240.0.0.1", "198.51.100.7")),
 	}
 }
 

@@ -51,6 +51,10 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 	}
 	b = b[:ipv6HeaderLen+plen]
 	p.ip = b
+	if b[8] == 0xff {
+		// A multicast source (RFC 4291, 2.7): ip6_rcv_core.
+		return dropMartian
+	}
 
 	nh := b[6]
 	off := ipv6HeaderLen
@@ -71,10 +75,12 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 			if off+n > len(b) {
 				return dropMalformedExtHeader
 			}
-			if nh == nhRouting && b[off+3] != 0 {
-				// Segments left: this host is not the final destination;
-				// the kernel would forward or drop it, never deliver it.
+			h := b[off : off+n]
+			if nh == nhRouting && !validRouting(h, b[24] == 0xff, &p.env) {
 				return dropUnsupported
+			}
+			if nh != nhRouting && !validTLVs(h, nh == nhHopByHop, off, &p.env) {
+				return dropBadOptions
 			}
 			if !p.pushExt(nh) {
 				return dropUnsupported
@@ -105,7 +111,9 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 			// The reassembled packet keeps the headers before the
 			// fragmentable part and the Fragment header itself.
 			limit := ipv6MaxPayload - (off - ipv6HeaderLen) - ipv6FragHeaderLen
-			if more && len(data)%8 != 0 || len(data) == 0 || offset+len(data) > limit {
+			// An empty fragment reaches reassembly, where it discards
+			// its datagram (ip6_frag_queue).
+			if more && len(data)%8 != 0 || offset+len(data) > limit {
 				return dropMalformedFragment
 			}
 			if v := fragmentChain(fh[0], data, offset == 0); v != fragment {
@@ -119,6 +127,8 @@ func parseIPv6(b []byte, port uint16, flags classifyFlags, p *parsed) verdict {
 				head:       b[:off],
 				nextHeader: fh[0],
 				data:       data,
+				ecn:        p.TOS & 3,
+				timeout:    p.env.fragTimeout(6),
 			}
 			return fragment
 		case nhESP, nhAH, nhMobility, nhHIP, nhShim6:
@@ -177,4 +187,126 @@ func fragmentChain(nh uint8, data []byte, first bool) verdict {
 		}
 	}
 	return dropUnsupported
+}
+
+// IPv6 option types with rules of their own (RFC 8200, 2711, 2675, 5570,
+// 6275, 9486).
+const (
+	tlvPad1        = 0
+	tlvPadN        = 1
+	tlvRouterAlert = 5
+	tlvCALIPSO     = 7
+	tlvIOAM        = 49
+	tlvJumbo       = 194
+	tlvHomeAddress = 201
+)
+
+// validTLVs reports whether the kernel accepts the options of a Hop-by-Hop
+// (hbh) or Destination Options header h, which starts at byte at of the
+// packet: net/ipv6/exthdrs.c, ip6_parse_tlv and the option handlers.
+func validTLVs(h []byte, hbh bool, at int, env *frameEnv) bool {
+	r := env.netRules()
+	maxCount, maxLen := r.maxDstOpts, r.maxDstLen
+	if hbh {
+		maxCount, maxLen = r.maxHBHOpts, r.maxHBHLen
+	}
+	if len(h) > maxLen {
+		return false
+	}
+	// A negative count also refuses every unknown option.
+	refuseUnknown := maxCount < 0
+	if refuseUnknown {
+		maxCount = -maxCount
+	}
+	count, pad := 0, 0
+	for i := 2; i < len(h); {
+		t := h[i]
+		if t == tlvPad1 {
+			// Padding is for alignment: never more than 7 bytes in a
+			// row (RFC 4942, 2.1.9.5).
+			if pad++; pad > 7 {
+				return false
+			}
+			i++
+			continue
+		}
+		if i+1 >= len(h) {
+			return false
+		}
+		n := int(h[i+1]) + 2
+		if n > len(h)-i {
+			return false
+		}
+		if t == tlvPadN {
+			if pad += n; pad > 7 {
+				return false
+			}
+			for _, c := range h[i+2 : i+n] {
+				if c != 0 {
+					return false
+				}
+			}
+			i += n
+			continue
+		}
+		pad = 0
+		if count++; count > maxCount {
+			return false
+		}
+		switch {
+		case hbh && t == tlvRouterAlert:
+			if n != 4 {
+				return false
+			}
+		case hbh && (t == tlvJumbo || t == tlvCALIPSO):
+			// A Jumbo Payload belongs to a jumbogram, which no link
+			// here carries; CALIPSO is validated against configured
+			// domains, of which there are none unless set up.
+			return false
+		case hbh && t == tlvIOAM:
+			// Ignored unless ioam6_enabled, but only when aligned.
+			if (at+i)&3 != 0 {
+				return false
+			}
+		case !hbh && t == tlvHomeAddress:
+			// Mobile IPv6 refuses one it has no binding for; without
+			// it the type's high bits say discard.
+			return false
+		default:
+			// The two high bits of an unknown type say what to do:
+			// 00 skip it, anything else discard the packet.
+			if refuseUnknown || t>>6 != 0 {
+				return false
+			}
+		}
+		i += n
+	}
+	return true
+}
+
+// validRouting reports whether the kernel goes on past routing header h
+// to the next header: net/ipv6/exthdrs.c, ipv6_rthdr_rcv. Only a route
+// already done (Segments Left 0) of a type the kernel accepts, in a frame
+// sent to this host's link address and an IPv6 unicast destination,
+// reaches the transport.
+func validRouting(h []byte, dstMulticast bool, env *frameEnv) bool {
+	if dstMulticast || env.pktType != pktHost {
+		return false
+	}
+	ifr := env.netRules().on(env.ifIndex)
+	switch h[2] {
+	case 2: // Mobile IPv6: only one the kernel processed itself
+		if env.netRules().mip6 {
+			return false
+		}
+	case 3: // RPL source route
+		if !ifr.rpl {
+			return false
+		}
+	case 4: // segment routing
+		if !ifr.seg6 {
+			return false
+		}
+	}
+	return h[3] == 0
 }

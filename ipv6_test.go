@@ -3,6 +3,7 @@ package udpstream
 import (
 	"bytes"
 	"encoding/binary"
+	"net/netip"
 	"slices"
 	"testing"
 )
@@ -97,7 +98,7 @@ func ipv6Cases() []classifyCase {
 
 	tcpSeg := []byte{0x03, 0xe8, 0x23, 0x29, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0}
 
-	return []classifyCase{
+	return append([]classifyCase{
 		{name: "HBH and Destination Options", frame: fixtureV6HBHDest, want: 6, verdict: deliver,
 			hdr: &Header{
 				Version: 6, Src: ap6(src6, 54321), Dst: ap6(dst6, testPort),
@@ -181,8 +182,9 @@ func ipv6Cases() []classifyCase {
 		{name: "first fragment cut inside a Destination Options header", want: 6, verdict: dropMalformedFragment,
 			frame: frag(0, true, nhDestOptions, chained(optsHdr(nhDestOptions, 16), protoUDP)[:8])},
 		{name: "non-final fragment not a multiple of 8", frame: frag(0, true, protoUDP, seg[:20]), want: 6, verdict: dropMalformedFragment},
-		{name: "empty fragment", frame: frag(8, true, protoUDP, nil), want: 6, verdict: dropMalformedFragment},
-		{name: "empty last fragment", frame: frag(8, false, protoUDP, nil), want: 6, verdict: dropMalformedFragment},
+		// An empty fragment discards its datagram in reassembly.
+		{name: "empty fragment", frame: frag(8, true, protoUDP, nil), want: 6, verdict: fragment},
+		{name: "empty last fragment", frame: frag(8, false, protoUDP, nil), want: 6, verdict: fragment},
 		{name: "Fragment header cut short", frame: truncFrag, want: 6, verdict: dropMalformedExtHeader},
 		{name: "first fragment of TCP", frame: frag(0, true, 6, payloadOf(24)), want: 6, verdict: dropNotUDP},
 		{name: "later fragment of TCP", frame: frag(24, false, 6, payloadOf(10)), want: 6, verdict: dropNotUDP},
@@ -193,6 +195,69 @@ func ipv6Cases() []classifyCase {
 		{name: "routing in transit inside the first fragment", want: 6, verdict: dropUnsupported,
 			frame: frag(0, true, nhRouting, append(chained(routingHdr(2), protoUDP), seg[:16]...))},
 		{name: "fragment of ESP", frame: frag(0, true, nhESP, payloadOf(16)), want: 6, verdict: dropUnsupported},
+	}, options6Cases()...)
+}
+
+// options6Cases are IPv6 options, routing headers and chains the kernel
+// accepts and refuses: ip6_parse_tlv, ipv6_rthdr_rcv, ip6_rcv_core.
+func options6Cases() []classifyCase {
+	pl := []byte("opt6")
+	// opts is an options header of type typ holding body, padded with
+	// Pad1 to a multiple of 8.
+	opts := func(typ uint8, body ...byte) extHdr {
+		b := append([]byte{0, 0}, body...)
+		for len(b)%8 != 0 {
+			b = append(b, 0)
+		}
+		b[1] = byte(len(b)/8 - 1)
+		return extHdr{typ, b}
+	}
+	routing := func(typ, left uint8) extHdr { return extHdr{nhRouting, []byte{0, 0, typ, left, 0, 0, 0, 0}} }
+	ok := func(name string, e ...extHdr) classifyCase {
+		return classifyCase{name: name, frame: v6(e...).udp(1000, testPort, pl), want: 6, verdict: deliver, payload: pl}
+	}
+	bad := func(name string, v verdict, e ...extHdr) classifyCase {
+		return classifyCase{name: name, frame: v6(e...).udp(1000, testPort, pl), want: 6, verdict: v}
+	}
+	var long, tooLong []extHdr
+	for range 12 {
+		long = append(long, destOpts())
+	}
+	for range maxExtHeaders + 1 {
+		tooLong = append(tooLong, destOpts())
+	}
+	mcastSrc := v6()
+	mcastSrc.src = netip.MustParseAddr("ff02::1").As16()
+	zeroLen := v6().udp(1000, testPort, pl)
+	zeroLen[44], zeroLen[45], zeroLen[46], zeroLen[47] = 0, 0, 0, 0
+	binary.BigEndian.PutUint16(zeroLen[46:], ^refSum(refPseudoSum(src6[:], dst6[:], len(zeroLen)-40), zeroLen[40:]))
+	return []classifyCase{
+		ok("unknown option skipped", opts(nhDestOptions, 0x1e, 2, 0, 0)),
+		ok("seven bytes of padding", opts(nhDestOptions, 0x1e, 5, 0, 0, 0, 0, 0, 1, 5, 0, 0, 0, 0, 0)),
+		ok("Router Alert", opts(nhHopByHop, 5, 2, 0, 0)),
+		ok("eight options", opts(nhDestOptions, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0)),
+		ok("IOAM aligned, not enabled", opts(nhHopByHop, 1, 0, 49, 2, 0, 0)),
+		ok("routing header type 0, done", routing(0, 0)),
+		ok("a chain of 12 Destination Options headers", long...),
+		bad("unknown option, discard", dropBadOptions, opts(nhDestOptions, 0x5e, 2, 0, 0)),
+		bad("unknown option, discard and report", dropBadOptions, opts(nhDestOptions, 0x9e, 2, 0, 0)),
+		bad("unknown option, discard and report unless multicast", dropBadOptions, opts(nhHopByHop, 0xde, 2, 0, 0)),
+		bad("eight bytes of Pad1", dropBadOptions, opts(nhDestOptions, 0, 0, 0, 0, 0, 0, 0, 0)),
+		bad("PadN of 8", dropBadOptions, opts(nhDestOptions, 1, 6, 0, 0, 0, 0, 0, 0)),
+		bad("PadN with data", dropBadOptions, opts(nhDestOptions, 1, 2, 0, 1)),
+		bad("option past the header", dropBadOptions, opts(nhDestOptions, 0x1e, 10, 0, 0)),
+		bad("nine options", dropBadOptions, opts(nhDestOptions, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0, 0x1e, 0)),
+		bad("Jumbo Payload outside a jumbogram", dropBadOptions, opts(nhHopByHop, 194, 4, 0, 1, 0, 0)),
+		bad("Router Alert of 3 bytes", dropBadOptions, opts(nhHopByHop, 5, 1, 0)),
+		bad("IOAM misaligned", dropBadOptions, opts(nhHopByHop, 49, 2, 0, 0)),
+		bad("Home Address", dropBadOptions, opts(nhDestOptions, 201, 16, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)),
+		bad("routing header type 2, not processed here (Mobile IPv6)", dropUnsupported, routing(2, 0)),
+		bad("routing header type 4, seg6 off", dropUnsupported, routing(4, 0)),
+		bad("routing header type 3, RPL off", dropUnsupported, routing(3, 0)),
+		bad("routing header with segments left", dropUnsupported, routing(0, 1)),
+		bad("a chain longer than maxExtHeaders", dropUnsupported, tooLong...),
+		{name: "multicast source", frame: mcastSrc.udp(1000, testPort, pl), want: 6, verdict: dropMartian},
+		{name: "UDP length 0: the payload length", frame: zeroLen, want: 6, verdict: deliver, payload: pl},
 	}
 }
 

@@ -38,6 +38,22 @@ func (s *addrSet) broadcastList() []netip.Addr {
 	return s.broadcasts
 }
 
+// ownSource4 reports whether the kernel refuses src as the source of an
+// IPv4 datagram from the wire because of this host's addresses
+// (fib_validate_source): an address of this host, and a subnet broadcast
+// address when reverse-path filtering (rp_filter) is on, whose full
+// lookup finds a broadcast route. Without it only addresses assigned to
+// an interface are refused.
+func (s *addrSet) ownSource4(src netip.Addr, rpFilter bool) bool {
+	if s == nil {
+		return false
+	}
+	if slices.Contains(s.broadcasts, src) {
+		return rpFilter
+	}
+	return s.has(src)
+}
+
 // onLoopback reports whether interface ifIndex is a loopback interface.
 func (s *addrSet) onLoopback(ifIndex int) bool {
 	return s != nil && slices.Contains(s.loopbacks, ifIndex)

@@ -17,8 +17,9 @@ const (
 	DefaultChannelCapacity = 256
 
 	// DefaultReassemblyTimeout is how long a fragmented datagram may take
-	// to arrive whole, counted from its first fragment (as Linux's
-	// ipfrag_time).
+	// to arrive whole, counted from its first fragment, where the
+	// namespace's ipfrag_time (IPv4) and ip6frag_time (IPv6) cannot be
+	// read; on Linux the stream follows those.
 	DefaultReassemblyTimeout = 30 * time.Second
 
 	// DefaultReassemblyMemory caps the bytes held by datagrams being
@@ -50,10 +51,11 @@ type config struct {
 	fanout         int
 	send           SendOptions
 
-	reasmTimeout   time.Duration
-	reasmMemory    int
-	reasmFragments int
-	reasmPerSource int
+	reasmTimeout    time.Duration
+	reasmTimeoutSet bool // by WithReassembly, over the namespace's ipfrag_time and ip6frag_time
+	reasmMemory     int
+	reasmFragments  int
+	reasmPerSource  int
 }
 
 func defaultConfig() config {
@@ -194,8 +196,9 @@ func WithAnyDestination() Option {
 }
 
 // WithReassembly sets the limits of IP fragment reassembly: how long a
-// datagram may take to arrive whole from its first fragment (default
-// DefaultReassemblyTimeout), the memory all datagrams in reassembly may
+// datagram may take to arrive whole from its first fragment (default: the
+// namespace's net.ipv4.ipfrag_time and net.ipv6.ip6frag_time, read at
+// Open), the memory all datagrams in reassembly may
 // hold (DefaultReassemblyMemory), the fragments one datagram may have
 // (DefaultMaxFragments), and the datagrams one source may have in
 // reassembly at once (DefaultMaxPerSource). A zero argument keeps its
@@ -214,7 +217,7 @@ func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource in
 			return optionErr("reassembly datagrams per source %d: want at least 1", maxPerSource)
 		}
 		if timeout != 0 {
-			c.reasmTimeout = timeout
+			c.reasmTimeout, c.reasmTimeoutSet = timeout, true
 		}
 		if memory != 0 {
 			c.reasmMemory = memory

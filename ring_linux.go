@@ -35,6 +35,7 @@ const (
 	tpSec     = 16
 	tpNsec    = 20
 	sllIfIdx  = 32 + 4
+	sllPkt    = 32 + 10
 	frameHdr  = 32 + 20
 )
 
@@ -66,6 +67,9 @@ type packetSocket struct {
 	frames  int
 	next    int    // the frame to read next
 	big     []byte // receives frames flagged TP_STATUS_COPY
+
+	rules   *netRules // the namespace's, shared by the stream's sockets
+	pktType uint8     // the link-layer packet type of the frame peek returned
 }
 
 func (ps *packetSocket) family() uint8 { return ps.fam }
@@ -253,6 +257,7 @@ func (ps *packetSocket) peek(m *frameMeta) (pkt []byte, tooLong, losing, ok bool
 	m.sec = binary.NativeEndian.Uint32(f[tpSec:])
 	m.nsec = binary.NativeEndian.Uint32(f[tpNsec:])
 	m.ifIndex = int(int32(binary.NativeEndian.Uint32(f[sllIfIdx:])))
+	ps.pktType = f[sllPkt]
 	m.vouched = st&(unix.TP_STATUS_CSUMNOTREADY|unix.TP_STATUS_CSUM_VALID) != 0
 	losing = st&unix.TP_STATUS_LOSING != 0
 	m.gso, m.ipLen = 0, 0

@@ -305,6 +305,22 @@ type Stats struct {
 	// fragments per datagram, as a flood of fragments from spoofed
 	// sources would make happen.
 	FragEvicted uint64 `json:"frag_evicted"`
+	// BadOptions counts datagrams whose IPv4 options or IPv6 Hop-by-Hop
+	// or Destination options the kernel refuses: a Record Route pointer
+	// out of range, a source route while accept_source_route is off, an
+	// unknown IPv6 option whose type says discard, more than 7 bytes of
+	// padding in a row.
+	BadOptions uint64 `json:"bad_options"`
+	// Martian counts datagrams from a source address the kernel refuses
+	// whatever the host's addresses: a multicast source, 255.255.255.255,
+	// or 0.0.0.0 to anything but a broadcast. (One of this host's own
+	// addresses as the source of a datagram from the wire counts in
+	// NotLocal.)
+	Martian uint64 `json:"martian"`
+	// FragECN counts reassembled datagrams dropped because their
+	// fragments mixed Not-ECT with ECN-capable codepoints (RFC 3168,
+	// 5.3), as when a middlebox cleared ECN on some of them.
+	FragECN uint64 `json:"frag_ecn"`
 	// Abandoned counts datagrams the stream had received but not handed
 	// over when it ended: those decoded and waiting for the channel,
 	// those still in the kernel ring, and fragmented datagrams still in
@@ -321,7 +337,7 @@ func (s Stats) Dropped() uint64 {
 	return s.OtherPort + s.NotIP + s.NotUDP + s.Malformed + s.BadIPChecksum +
 		s.BadUDPChecksum + s.ZeroUDPChecksum + s.Unsupported + s.NotLocal +
 		s.TooLong + s.FragOverlap + s.FragTimeout +
-		s.FragEvicted + s.Abandoned + s.KernelDrops
+		s.FragEvicted + s.BadOptions + s.Martian + s.FragECN + s.Abandoned + s.KernelDrops
 }
 
 // field returns the Stats counter a drop verdict adds to.
@@ -354,6 +370,12 @@ func (s *Stats) field(v verdict) *uint64 {
 		return &s.FragTimeout
 	case dropFragEvicted:
 		return &s.FragEvicted
+	case dropBadOptions:
+		return &s.BadOptions
+	case dropMartian:
+		return &s.Martian
+	case dropFragECN:
+		return &s.FragECN
 	case dropKernel:
 		return &s.KernelDrops
 	}
@@ -756,8 +778,11 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && src == c.src && ifIndex == c.ifIndex {
 		return true
 	}
-	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.has(src)) {
+	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex).rpFilter != 0)) {
 		return false
+	}
+	if a.Is4() && a.IsUnspecified() && src.IsUnspecified() {
+		return true // ip_route_input_slow takes 0.0.0.0 to 0.0.0.0 as a broadcast
 	}
 	set, ok := h.local.lookup(a)
 	if ok {

@@ -69,6 +69,13 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			return nil, err
 		}
 	}
+	// The namespace's rules, read once: the kernel's verdicts follow
+	// them. A reassembly timeout the caller chose overrides both
+	// families' sysctls.
+	rules := readNetRules()
+	if cfg.reasmTimeoutSet {
+		rules.fragTime4, rules.fragTime6 = cfg.reasmTimeout, cfg.reasmTimeout
+	}
 	ringBytes := max(cfg.bufferSize/cfg.fanout, minBufferSize)
 	for _, fam := range cfg.families() {
 		group := -1 // no group
@@ -80,6 +87,7 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			if err != nil {
 				return nil, err
 			}
+			ps.rules = rules
 			s.sources = append(s.sources, ps)
 			group = id
 		}
@@ -189,6 +197,7 @@ func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error 
 
 // frame handles one frame peeked from the ring.
 func (h *handler[T]) frame(ctx context.Context, ps *packetSocket, pkt []byte, tooLong, losing bool, m *frameMeta) error {
+	h.p.env = frameEnv{rules: ps.rules, ifIndex: m.ifIndex, pktType: ps.pktType}
 	if losing {
 		h.counts.drops[dropKernel].Add(ps.kernelDrops())
 	}

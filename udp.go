@@ -94,12 +94,18 @@ func parseUDP(p *parsed, addrs []byte, port uint16, flags classifyFlags) verdict
 	// a datagram dropped for them shows what it said.
 	sport := binary.BigEndian.Uint16(u[0:])
 	dport := binary.BigEndian.Uint16(u[2:])
-	ulen := int(binary.BigEndian.Uint16(u[4:]))
+	field := binary.BigEndian.Uint16(u[4:])
 	sum := binary.BigEndian.Uint16(u[6:])
 	p.Src = netip.AddrPortFrom(p.Src.Addr(), sport)
 	p.Dst = netip.AddrPortFrom(p.Dst.Addr(), dport)
-	p.UDPLength = uint16(ulen)
+	p.UDPLength = field
 	p.UDPChecksum = sum
+	ulen := int(field)
+	if ulen == 0 && p.Version == 6 {
+		// The rest of the IPv6 payload, as for a jumbogram (RFC 2675):
+		// net/ipv6/udp.c, __udp6_lib_rcv.
+		ulen = len(u)
+	}
 	if ulen < udpHeaderLen || ulen > len(u) {
 		return dropMalformedUDPLength
 	}

@@ -293,7 +293,9 @@ func udpCases() []classifyCase {
 		{name: "v4 UDP length 7", frame: udp4(udpLen(7)), want: 4, verdict: dropMalformedUDPLength},
 		{name: "v6 UDP length 7", frame: udp6(udpLen(7)), want: 6, verdict: dropMalformedUDPLength},
 		{name: "v4 UDP length 0", frame: udp4(udpLen(0)), want: 4, verdict: dropMalformedUDPLength},
-		{name: "v6 UDP length 0", frame: udp6(udpLen(0)), want: 6, verdict: dropMalformedUDPLength},
+		// Length 0 is the rest of the payload (udpv6_rcv), so the
+		// checksum made for the written length no longer holds.
+		{name: "v6 UDP length 0", frame: udp6(udpLen(0)), want: 6, verdict: dropBadUDPChecksum},
 		{name: "v4 UDP length too big, padding behind", frame: padded(udp4(udpLen(17)), 8, 0), want: 4, verdict: dropMalformedUDPLength},
 		{name: "v4 UDP length below the IP payload", frame: trailing, want: 4, verdict: deliver, payload: []byte("abc"),
 			hdr: &Header{Version: 4, Src: ap4(src4, 1000), Dst: ap4(dst4, testPort), TTL: 64, ID: 0x1234, Fragments: 1,

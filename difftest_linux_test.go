@@ -1,0 +1,482 @@
+package udpstream
+
+import (
+	"encoding/binary"
+	"encoding/hex"
+	"flag"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/udpstream/udpstream/internal/netnstest"
+)
+
+// The differential test: the kernel's own UDP socket bound to [::]:port
+// and a WithMonitor stream on the same port are given the same generated
+// frames (difftest_gen_test.go) on a veth link, and must agree on every
+// datagram: whether it is delivered, and with which addresses, ports,
+// TTL, TOS and payload.
+//
+// CI runs a few seeds; a long campaign is
+//
+//	go test -run '^TestDifferential$' -diff.seed=1000 -diff.seeds=50 -diff.frames=20000 -v .
+
+var (
+	diffSeed   = flag.Uint64("diff.seed", 1, "first seed of the differential test")
+	diffSeeds  = flag.Int("diff.seeds", 3, "number of seeds of the differential test")
+	diffFrames = flag.Int("diff.frames", 1500, "cases (datagrams) per seed of the differential test")
+)
+
+// diffKnown lists the differences the README names, with the reason: a
+// case whose category contains a key is reported but does not fail the
+// test.
+var diffKnown = map[string]string{
+	"ipv6 multicast destination": "issue #12: IPv6 multicast membership not yet followed",
+	", over 64 fragments":        "README: a datagram may come in at most 64 fragments",
+}
+
+// diffObs is one datagram as a receiver delivered it.
+type diffObs struct {
+	src, dst netip.AddrPort
+	ttl, tos int
+	payload  []byte
+}
+
+func (o diffObs) String() string {
+	return fmt.Sprintf("%v -> %v ttl %d tos %#x len %d", o.src, o.dst, o.ttl, o.tos, len(o.payload))
+}
+
+// diffResult is what the two receivers made of one case.
+type diffResult struct {
+	kernel, stream []diffObs
+}
+
+// verdict names the disagreement of r, or "" when the receivers agree.
+func (r diffResult) verdict() string {
+	k, s := r.kernel, r.stream
+	switch {
+	case len(k) == 0 && len(s) == 0:
+		return ""
+	case len(s) == 0:
+		return "kernel only"
+	case len(k) == 0:
+		return "stream only"
+	case len(k) != len(s):
+		return fmt.Sprintf("kernel delivered %d, stream %d", len(k), len(s))
+	}
+	for i := range k {
+		a, b := k[i], s[i]
+		var d []string
+		if a.src != b.src {
+			d = append(d, "src")
+		}
+		if a.dst != b.dst {
+			d = append(d, "dst")
+		}
+		if a.ttl != b.ttl {
+			d = append(d, "ttl")
+		}
+		if a.tos != b.tos {
+			d = append(d, "tos")
+		}
+		if string(a.payload) != string(b.payload) {
+			d = append(d, "payload")
+		}
+		if len(d) > 0 {
+			return "fields differ: " + strings.Join(d, ",")
+		}
+	}
+	return ""
+}
+
+// kernelReceiver is a plain UDP socket bound to [::]:port, dual-stack,
+// reporting TTL, TOS and destination of each datagram.
+type kernelReceiver struct {
+	fd   int
+	port uint16
+	buf  []byte
+	oob  []byte
+}
+
+func newKernelReceiver(t *testing.T) *kernelReceiver {
+	t.Helper()
+	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd) })
+	for _, o := range [][2]int{
+		{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY},
+	} {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, o := range [][2]int{
+		{unix.IPPROTO_IP, unix.IP_RECVTTL}, {unix.IPPROTO_IP, unix.IP_RECVTOS}, {unix.IPPROTO_IP, unix.IP_PKTINFO},
+		{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT}, {unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS}, {unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO},
+	} {
+		if err := unix.SetsockoptInt(fd, o[0], o[1], 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	if err := unix.Bind(fd, &unix.SockaddrInet6{}); err != nil {
+		t.Fatal(err)
+	}
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &kernelReceiver{fd: fd, port: uint16(sa.(*unix.SockaddrInet6).Port), buf: make([]byte, 1<<16), oob: make([]byte, 512)}
+}
+
+// read returns the next queued datagram, waiting up to d.
+func (k *kernelReceiver) read(t *testing.T, d time.Duration) (diffObs, bool) {
+	t.Helper()
+	for {
+		n, oobn, _, from, err := unix.Recvmsg(k.fd, k.buf, k.oob, unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			fds := []unix.PollFd{{Fd: int32(k.fd), Events: unix.POLLIN}}
+			if m, _ := unix.Poll(fds, int(d.Milliseconds())); m == 0 {
+				return diffObs{}, false
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("recvmsg: %v", err)
+		}
+		o := diffObs{payload: slices.Clone(k.buf[:n]), ttl: -1, tos: -1}
+		if sa, ok := from.(*unix.SockaddrInet6); ok {
+			// The kernel names the link of a link-local source by its
+			// index; the stream by the interface's name.
+			o.src = netip.AddrPortFrom(diffZoned(netip.AddrFrom16(sa.Addr), int(sa.ZoneId)), uint16(sa.Port))
+		}
+		msgs, err := unix.ParseSocketControlMessage(k.oob[:oobn])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range msgs {
+			h := m.Header
+			switch {
+			case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_TTL,
+				h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_HOPLIMIT,
+				h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_TCLASS:
+				v := int(binary.NativeEndian.Uint32(m.Data))
+				if h.Type == unix.IPV6_TCLASS {
+					o.tos = v
+				} else {
+					o.ttl = v
+				}
+			case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_TOS:
+				o.tos = int(m.Data[0])
+			case h.Level == unix.IPPROTO_IP && h.Type == unix.IP_PKTINFO:
+				// struct in_pktinfo: ifindex, spec_dst, addr (the header's).
+				o.dst = netip.AddrPortFrom(netip.AddrFrom4([4]byte(m.Data[8:12])), k.port)
+				// An IPv4 datagram: its source is the mapped address.
+				o.src = netip.AddrPortFrom(o.src.Addr().Unmap(), o.src.Port())
+			case h.Level == unix.IPPROTO_IPV6 && h.Type == unix.IPV6_PKTINFO:
+				// struct in6_pktinfo: the address, then the interface.
+				ifIndex := int(binary.NativeEndian.Uint32(m.Data[16:20]))
+				a := netip.AddrFrom16([16]byte(m.Data[:16]))
+				if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
+					a = diffZoned(a, ifIndex)
+				}
+				o.dst = netip.AddrPortFrom(a, k.port)
+			}
+		}
+		return o, true
+	}
+}
+
+// diffZoned gives a the name of interface ifIndex as its zone; index 0
+// means none.
+func diffZoned(a netip.Addr, ifIndex int) netip.Addr {
+	if ifIndex == 0 {
+		return a
+	}
+	if ifi, err := net.InterfaceByIndex(ifIndex); err == nil {
+		return a.WithZone(ifi.Name)
+	}
+	return a.WithZone(strconv.Itoa(ifIndex))
+}
+
+// diffLink is the test's link: frames sent on in1 arrive on in0.
+type diffLink struct {
+	in      *injector
+	hostMAC net.HardwareAddr
+}
+
+func (l *diffLink) send(t *testing.T, f diffFrame) {
+	t.Helper()
+	dst := l.hostMAC
+	switch f.link {
+	case linkBroadcast:
+		dst = net.HardwareAddr{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}
+	case linkOther:
+		dst = net.HardwareAddr{0x02, 0, 0, 0, 0, 0x99}
+	case linkMulticast:
+		if is6(f.ip) {
+			dst = net.HardwareAddr{0x33, 0x33, f.ip[36], f.ip[37], f.ip[38], f.ip[39]}
+		} else {
+			dst = net.HardwareAddr{0x01, 0, 0x5e, f.ip[17] & 0x7f, f.ip[18], f.ip[19]}
+		}
+	}
+	in := *l.in
+	in.dst = dst
+	if len(f.ip) == 0 {
+		return
+	}
+	proto := uint16(unix.ETH_P_IP)
+	if is6(f.ip) {
+		proto = unix.ETH_P_IPV6
+	}
+	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: in.ifi.Index, Halen: 6}
+	copy(sa.Addr[:], dst)
+	if err := unix.Sendto(in.fd, f.ip, 0, sa); err != nil && err != unix.EMSGSIZE {
+		t.Fatalf("inject: %v", err)
+	}
+}
+
+// diffEnv carries the flags to the namespaced child, which is started
+// without them.
+const diffEnv = "UDPSTREAM_DIFF"
+
+func TestDifferential(t *testing.T) {
+	if _, err := exec.LookPath("ip"); err != nil {
+		netnstest.SkipOrFail(t, "the ip command (iproute2) is not installed")
+	}
+	if v := os.Getenv(diffEnv); v != "" {
+		fmt.Sscanf(v, "%d,%d,%d", diffSeed, diffSeeds, diffFrames)
+	}
+	if !netnstest.InNetns(t, fmt.Sprintf("%s=%d,%d,%d", diffEnv, *diffSeed, *diffSeeds, *diffFrames)) {
+		return
+	}
+	// One CPU's backlog for every frame: frames arrive in the order they
+	// were sent, so a barrier sent after a case settles it.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var cpu unix.CPUSet
+	cpu.Set(0)
+	if err := unix.SchedSetaffinity(0, &cpu); err != nil {
+		t.Logf("pinning the sender: %v", err)
+	}
+	in := injectLink(t, diffPrefix4, diffPrefix6)
+	// The sending end stays quiet: no IPv6 of its own (router
+	// solicitations, listener reports).
+	_ = os.WriteFile("/proc/sys/net/ipv6/conf/in1/disable_ipv6", []byte("1"), 0)
+	k := newKernelReceiver(t)
+	s := openT(t, k.port, Payload, WithMonitor(), WithChannelCapacity(4096))
+	link := &diffLink{in: in, hostMAC: in.dst}
+	waitReady(t, link, k, s)
+
+	failed := false
+	for seed := *diffSeed; seed < *diffSeed+uint64(*diffSeeds); seed++ {
+		if !runDiffSeed(t, link, k, s, seed, *diffFrames) {
+			failed = true
+		}
+	}
+	if failed {
+		t.Fail()
+	}
+	t.Logf("stream stats: %+v", s.Stats())
+}
+
+// barrier returns the frames that settle case id: one valid datagram of
+// each family, whose tags have the top bit set.
+func barrier(port uint16, id uint32) []diffFrame {
+	var out []diffFrame
+	for _, v6 := range []bool{false, true} {
+		pl := make([]byte, 8)
+		copy(pl, diffMagic[:])
+		binary.BigEndian.PutUint32(pl[4:], id|1<<31)
+		var pkt []byte
+		if v6 {
+			h := ip6{hop: 64, src: netip.MustParseAddr("2001:db8::5").As16(), dst: diffLocal6.As16()}
+			pkt = h.udp(7, port, pl)
+		} else {
+			h := ip4{ttl: 64, id: 1, src: netip.MustParseAddr("192.0.2.5").As4(), dst: diffLocal4.As4()}
+			pkt = h.udp(7, port, pl)
+		}
+		out = append(out, diffFrame{pkt, linkHost})
+	}
+	return out
+}
+
+// waitReady sends barriers until both receivers see them: addresses are
+// set up and the stream knows them.
+func waitReady(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte]) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, f := range barrier(k.port, 0) {
+			l.send(t, f)
+		}
+		got := 0
+		if _, ok := k.read(t, 100*time.Millisecond); ok {
+			got++
+		}
+		select {
+		case <-s.Packets():
+			got++
+		case <-time.After(100 * time.Millisecond):
+		}
+		if got == 2 {
+			time.Sleep(50 * time.Millisecond)
+			for {
+				if _, ok := k.read(t, 0); !ok {
+					break
+				}
+			}
+			for len(s.Packets()) > 0 {
+				<-s.Packets()
+			}
+			return
+		}
+	}
+	t.Fatal("the receivers never saw the link's first datagrams")
+}
+
+// settle collects what each receiver delivered until it delivered both
+// barriers of case id.
+func settle(t *testing.T, k *kernelReceiver, s *Stream[[]byte], id uint32, frames []diffFrame) diffResult {
+	t.Helper()
+	var r diffResult
+	want := id | 1<<31
+	for seen := 0; seen < 2; {
+		o, ok := k.read(t, 2*time.Second)
+		if !ok {
+			t.Fatalf("case %d: the kernel socket never delivered the barrier%s", id, hexFrames(frames))
+		}
+		if tag, ok := diffTag(o.payload); ok && tag == want {
+			seen++
+			continue
+		}
+		r.kernel = append(r.kernel, o)
+	}
+	timeout := time.After(2 * time.Second)
+	for seen := 0; seen < 2; {
+		select {
+		case p := <-s.Packets():
+			if p.Err != nil {
+				t.Fatalf("stream: %v", p.Err)
+			}
+			if tag, ok := diffTag(p.Value); ok && tag == want {
+				seen++
+				continue
+			}
+			h := p.Header
+			r.stream = append(r.stream, diffObs{src: h.Src, dst: h.Dst, ttl: int(h.TTL), tos: int(h.TOS), payload: p.Value})
+		case <-timeout:
+			t.Fatalf("case %d: the stream never delivered the barrier (stats %+v)%s", id, s.Stats(), hexFrames(frames))
+		}
+	}
+	return r
+}
+
+// diffExample is the smallest case that showed one disagreement.
+type diffExample struct {
+	count int
+	c     diffCase
+	r     diffResult
+}
+
+// runDiffSeed runs the cases of one seed and reports their disagreements;
+// it returns false when one that the README does not name was found.
+func runDiffSeed(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte], seed uint64, n int) bool {
+	t.Helper()
+	g := newDiffGen(seed, k.port)
+	found := map[string]*diffExample{}
+	var valid, validKernel, validStream, frames int
+	for range n {
+		c := g.next()
+		for _, f := range c.frames {
+			l.send(t, f)
+		}
+		frames += len(c.frames)
+		for _, f := range barrier(k.port, c.id) {
+			l.send(t, f)
+		}
+		r := settle(t, k, s, c.id, c.frames)
+		for _, o := range append(slices.Clone(r.kernel), r.stream...) {
+			if tag, ok := diffTag(o.payload); ok && tag != c.id {
+				t.Fatalf("case %d: a datagram of case %d arrived: pairing is broken", c.id, tag)
+			}
+		}
+		if strings.HasSuffix(c.cat, " valid") || strings.HasSuffix(c.cat, "valid fragmented") {
+			valid++
+			validKernel += min(len(r.kernel), 1)
+			validStream += min(len(r.stream), 1)
+		}
+		v := r.verdict()
+		if v == "" {
+			continue
+		}
+		key := c.cat + ": " + v
+		e := found[key]
+		if e == nil {
+			e = &diffExample{c: c, r: r}
+			found[key] = e
+		} else if c.size() < e.c.size() {
+			e.c, e.r = c, r
+		}
+		e.count++
+	}
+	t.Logf("seed %d: %d cases, %d frames; valid unfragmented or fragmented: %d, delivered by the kernel %d, by the stream %d", seed, n, frames, valid, validKernel, validStream)
+	ok := true
+	// The test is worth nothing unless most valid datagrams got through.
+	if validKernel < valid*8/10 || validStream < valid*8/10 {
+		t.Errorf("seed %d: of %d valid datagrams the kernel delivered %d and the stream %d", seed, valid, validKernel, validStream)
+		ok = false
+	}
+	keys := make([]string, 0, len(found))
+	for key := range found {
+		keys = append(keys, key)
+	}
+	slices.Sort(keys)
+	var sum strings.Builder
+	for _, key := range keys {
+		fmt.Fprintf(&sum, "\n  %5d  %s", found[key].count, key)
+	}
+	if len(keys) > 0 {
+		t.Logf("seed %d: disagreements by category:%s", seed, sum.String())
+	}
+	for _, key := range keys {
+		e := found[key]
+		reason := ""
+		for known, why := range diffKnown {
+			if strings.Contains(key, known) {
+				reason = why
+			}
+		}
+		msg := fmt.Sprintf("seed %d: %d× %s\n  smallest: case %d, kernel %v, stream %v%s", seed, e.count, key, e.c.id, e.r.kernel, e.r.stream, hexFrames(e.c.frames))
+		if reason != "" {
+			t.Logf("known difference (%s): %s", reason, msg)
+			continue
+		}
+		t.Log(msg)
+		ok = false
+	}
+	if !ok {
+		t.Errorf("seed %d: the stream and the kernel disagree (above)", seed)
+	}
+	return ok
+}
+
+func hexFrames(fs []diffFrame) string {
+	var b strings.Builder
+	for _, f := range fs {
+		fmt.Fprintf(&b, "\n    link %d: %s", f.link, hex.EncodeToString(f.ip))
+	}
+	return b.String()
+}
