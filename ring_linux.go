@@ -94,30 +94,31 @@ func newPacketFD() (int, error) {
 	return fd, nil
 }
 
-// checkPacketSockets reports whether this process may open packet sockets.
+// checkPacketSockets reports whether this process may open packet sockets,
+// and returns the one it opened to find out, for the stream to use: each
+// packet socket closed costs an RCU grace period.
 // When it may not and the port to reserve (0: none) needs
 // CAP_NET_BIND_SERVICE too, the advice grants both at once.
-func checkPacketSockets(reserve uint16) error {
+func checkPacketSockets(reserve uint16) (int, error) {
 	fd, err := newPacketFD()
 	var serr *os.SyscallError
 	if errors.Is(err, errNoCapNetRaw) && needsBindService(reserve) && errors.As(err, &serr) {
-		return fmt.Errorf("udpstream: packet sockets need CAP_NET_RAW, and port %d needs CAP_NET_BIND_SERVICE: run as root, "+
+		return -1, fmt.Errorf("udpstream: packet sockets need CAP_NET_RAW, and port %d needs CAP_NET_BIND_SERVICE: run as root, "+
 			"or grant both with 'sudo setcap cap_net_raw,cap_net_bind_service=ep /path/to/program': %w", reserve, serr)
 	}
-	if err != nil {
-		return err
-	}
-	return unix.Close(fd)
+	return fd, err
 }
 
 // openPacketSocket creates the socket of one family: filter first, then
 // the ring, then bind, so that nothing unfiltered is ever queued. With
 // group -1 the socket stands alone; with 0 it starts a fanout group; above
-// 0 it joins that group. It returns the group's id.
-func openPacketSocket(fam uint8, port uint16, ifIndex int, ringBytes int, group int, cfg *config) (_ *packetSocket, _ int, err error) {
-	fd, err := newPacketFD()
-	if err != nil {
-		return nil, 0, err
+// 0 it joins that group. It returns the group's id. fd is a packet socket
+// from newPacketFD, which it takes over, or -1 to open one.
+func openPacketSocket(fd int, fam uint8, port uint16, ifIndex int, ringBytes int, group int, cfg *config) (_ *packetSocket, _ int, err error) {
+	if fd < 0 {
+		if fd, err = newPacketFD(); err != nil {
+			return nil, 0, err
+		}
 	}
 	ps := &packetSocket{fam: fam, ifIndex: ifIndex, fd: -1}
 	ps.waitFn = ps.waitReady

@@ -22,6 +22,7 @@ type system struct {
 	reserve *net.UDPConn // nil in monitor mode
 	watcher *addrWatcher
 	local   *localAddrs
+	spare   int // a packet socket not yet made one of sources, or -1
 
 	mu          sync.Mutex // guards sources against close while polling drops
 	closed      bool
@@ -31,7 +32,7 @@ type system struct {
 // openSystem reserves the port, subscribes to address changes and opens
 // one filtered packet socket per family.
 func openSystem(cfg *config, port uint16) (_ *system, err error) {
-	s := &system{port: port}
+	s := &system{port: port, spare: -1}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -60,7 +61,7 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	if cfg.monitor {
 		reserve = 0
 	}
-	if err := checkPacketSockets(reserve); err != nil {
+	if s.spare, err = checkPacketSockets(reserve); err != nil {
 		return nil, err
 	}
 	if !cfg.monitor {
@@ -83,7 +84,9 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			group = 0 // a new one
 		}
 		for range cfg.fanout {
-			ps, id, err := openPacketSocket(fam, s.port, ifIndex, ringBytes, group, cfg)
+			fd := s.spare
+			s.spare = -1 // openPacketSocket owns it now
+			ps, id, err := openPacketSocket(fd, fam, s.port, ifIndex, ringBytes, group, cfg)
 			if err != nil {
 				return nil, err
 			}
@@ -280,6 +283,10 @@ func (s *system) close() {
 		}()
 	}
 	wg.Wait()
+	if s.spare >= 0 {
+		unix.Close(s.spare)
+		s.spare = -1
+	}
 	if s.watcher != nil {
 		s.watcher.close()
 	}
