@@ -8,6 +8,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -76,8 +77,11 @@ func sysctlInt(path string, def int) int {
 
 // kernelHasMIP6 reports whether the running kernel is built with Mobile
 // IPv6, from its configuration where the kernel exposes it; a kernel that
-// does not is assumed to have it, as distributions build it.
-func kernelHasMIP6() bool {
+// does not is assumed to have it, as distributions build it. The running
+// kernel's build does not change: it is read once.
+var kernelHasMIP6 = sync.OnceValue(readKernelMIP6)
+
+func readKernelMIP6() bool {
 	var cfg []byte
 	if f, err := os.Open("/proc/config.gz"); err == nil {
 		defer f.Close()
