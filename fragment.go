@@ -307,7 +307,9 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 		d = nil
 	}
 	if d != nil && d.dead {
-		r.absorb(d, off, end, f.more)
+		if len(f.data) > 0 { // an empty one has no place to take
+			r.absorb(d, off, end, f.more)
+		}
 		return nil, 0, fragment
 	}
 	if len(f.data) == 0 {
