@@ -70,7 +70,12 @@ type record struct {
 	UDPChecksum uint16 `json:"udp_checksum"`
 	Len         int    `json:"len"`
 	Payload     string `json:"payload"`
-	Error       string `json:"error,omitempty"`
+	// Added after the first release, after the others so that every
+	// earlier key keeps its place in the line.
+	DSCP  uint8  `json:"dscp"`
+	ECN   string `json:"ecn"`  // RFC 3168 name
+	HLim  *uint8 `json:"hlim"` // IPv6 hop limit; null for IPv4
+	Error string `json:"error,omitempty"`
 }
 
 func newRecord(p udpstream.Packet[[]byte], ifname string) record {
@@ -96,6 +101,11 @@ func newRecord(p udpstream.Packet[[]byte], ifname string) record {
 		UDPChecksum: h.UDPChecksum,
 		Len:         payloadLen(p),
 		Payload:     hex.EncodeToString(p.Value),
+		DSCP:        h.DSCP(),
+		ECN:         h.ECN().String(),
+	}
+	if h.Version == 6 {
+		r.HLim = &h.TTL
 	}
 	for i, x := range h.ExtHeaders {
 		r.ExtHeaders[i] = int(x)
@@ -131,9 +141,15 @@ func appendText(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 		ifname = "if" + strconv.Itoa(h.IfIndex)
 	}
 	route := h.Src.String() + " → " + h.Dst.String()
-	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s  ttl %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
+	// IPv6 calls it the hop limit; the wider name takes the space before
+	// it, so that the IPv4 line is as it always was.
+	ttl := "ttl"
+	if h.Version == 6 {
+		ttl = "hlim"
+	}
+	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s %4s %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
 		h.Time.UTC().Format(textTime), ifname, h.Version, route,
-		h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
+		ttl, h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
 	if p.Err != nil {
 		b = append(b, "error: "...)
 		b = append(b, p.Err.Error()...)

@@ -17,8 +17,9 @@
 // as it arrives: a readable line aligned for a terminal, or with -json one
 // JSON object with the fields time, ifindex, ifname, family, src, sport,
 // dst, dport, ttl, tos, id, df, flow, ip_options, ext_headers, fragments,
-// udp_len, udp_checksum, len, payload, and error on error lines only.
-// Times are UTC.
+// udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
+// Not-ECT, ECT(1), ECT(0) or CE), hlim (the IPv6 hop limit, which ttl also
+// gives; null for IPv4), and error on error lines only. Times are UTC.
 //
 // SIGINT and SIGTERM end it with status 0 after it has printed what was
 // already received; so does a closed stdout, as after "| head -1". With

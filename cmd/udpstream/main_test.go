@@ -119,8 +119,14 @@ var jsonKeys = []struct{ name, typ string }{
 	{"udp_checksum", "number"},
 	{"len", "number"},
 	{"payload", "string"},
+	{"dscp", "number"},
+	{"ecn", "string"},
+	{"hlim", "number"},  // null for IPv4
 	{"error", "string"}, // error lines only
 }
+
+// ecnNames are the RFC 3168 names of the ECN codepoints, by value.
+var ecnNames = []string{"Not-ECT", "ECT(1)", "ECT(0)", "CE"}
 
 // checkSchema checks one -json line against the contract and returns it
 // decoded: numbers as float64, arrays as []any.
@@ -182,6 +188,9 @@ func checkSchema(t *testing.T, line string, isError bool) map[string]any {
 			}
 		case nil:
 			typ = "null"
+			if k.name == "hlim" && m["family"] == 4.0 {
+				typ = k.typ // IPv4 has no hop limit
+			}
 		}
 		if typ != k.typ {
 			t.Errorf("%s: %s %v, want a %s", k.name, typ, v, k.typ)
@@ -199,6 +208,18 @@ func checkSchema(t *testing.T, line string, isError bool) map[string]any {
 		if a, err := netip.ParseAddr(m[k].(string)); err != nil || a.Is4In6() {
 			t.Errorf("%s: %q is not a plain address: %v", k, m[k], err)
 		}
+	}
+	// The later fields agree with the ones they are derived from.
+	if tos, ok := m["tos"].(float64); ok {
+		if m["dscp"] != float64(uint8(tos)>>2) {
+			t.Errorf("dscp %v, but tos %v", m["dscp"], tos)
+		}
+		if m["ecn"] != ecnNames[uint8(tos)&3] {
+			t.Errorf("ecn %v, but tos %v", m["ecn"], tos)
+		}
+	}
+	if m["family"] == 6.0 && m["hlim"] != m["ttl"] {
+		t.Errorf("IPv6 hlim %v, ttl %v: want the same", m["hlim"], m["ttl"])
 	}
 	if isError && m["error"] == "" {
 		t.Errorf("error line with an empty error")
@@ -304,19 +325,19 @@ func TestRecord(t *testing.T) {
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":4,` +
 				`"src":"192.0.2.1","sport":5353,"dst":"198.51.100.7","dport":9001,"ttl":64,"tos":185,` +
 				`"id":4660,"df":true,"flow":0,"ip_options":"94040000","ext_headers":[],"fragments":1,` +
-				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"68656c6c6f"}`},
+				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"68656c6c6f","dscp":46,"ecn":"ECT(1)","hlim":null}`},
 		{"ipv6", udpstream.Packet[[]byte]{Value: []byte{0, 0xff}, Header: h6},
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":6,` +
 				`"src":"2001:db8::1","sport":5353,"dst":"2001:db8::2","dport":9001,"ttl":64,"tos":185,` +
 				`"id":16909060,"df":false,"flow":703710,"ip_options":"","ext_headers":[0,60,44],"fragments":3,` +
-				`"udp_len":13,"udp_checksum":48879,"len":2,"payload":"00ff"}`},
+				`"udp_len":13,"udp_checksum":48879,"len":2,"payload":"00ff","dscp":46,"ecn":"ECT(1)","hlim":64}`},
 		// The library hands over no payload with a datagram to another
 		// port: len comes from the UDP header.
 		{"port error", udpstream.Packet[[]byte]{Header: testHeader(), Err: udpstream.ErrNotDestPort},
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":4,` +
 				`"src":"192.0.2.1","sport":5353,"dst":"198.51.100.7","dport":9001,"ttl":64,"tos":185,` +
 				`"id":4660,"df":true,"flow":0,"ip_options":"","ext_headers":[],"fragments":1,` +
-				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"",` +
+				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"","dscp":46,"ecn":"ECT(1)","hlim":null,` +
 				`"error":"udpstream: datagram not for the listened port"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -359,7 +380,7 @@ func TestText(t *testing.T) {
 	}
 	want := []string{
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len     5  "hello"`,
-		`2024-05-06T07:08:09.123456Z  if1      IPv6  [::1]:40000 → [::1]:9001                       ttl   1  tos 0x02 dscp  0 ECT(0)   flow 0x12345      len     8  "a\"b\\c\n\x00\xff"`,
+		`2024-05-06T07:08:09.123456Z  if1      IPv6  [::1]:40000 → [::1]:9001                      hlim   1  tos 0x02 dscp  0 ECT(0)   flow 0x12345      len     8  "a\"b\\c\n\x00\xff"`,
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len    40  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"…`,
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len     5  error: udpstream: datagram not for the listened port`,
 	}
@@ -367,9 +388,12 @@ func TestText(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	// The columns line up across families.
-	col := func(s, sub string) int { return len([]rune(s[:strings.Index(s, sub)])) }
-	for _, sub := range []string{"ttl", "tos", "len"} {
+	// The columns line up across families, the values of ttl and hlim too.
+	col := func(s, sub string) int { return len([]rune(s[:strings.Index(s, sub)])) + len(sub) }
+	if a, b := col(got[0], "ttl"), col(got[1], "hlim"); a != b {
+		t.Errorf("ttl value at %d in the IPv4 line, hlim value at %d in the IPv6 line", a, b)
+	}
+	for _, sub := range []string{"tos", "len"} {
 		if a, b := col(got[0], sub), col(got[1], sub); a != b {
 			t.Errorf("column %q at %d in the IPv4 line, %d in the IPv6 line", sub, a, b)
 		}

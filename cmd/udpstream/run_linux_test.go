@@ -142,7 +142,7 @@ func TestRunCancel(t *testing.T) {
 	s := sender(t, "udp6", sendOpts{ttl: 9})
 	send(t, s, loopback("udp6", port), []byte("first"))
 	l := next(t, p.stdout, "stdout")
-	if !strings.Contains(l, "[::1]:") || !strings.Contains(l, `"first"`) || !strings.Contains(l, "ttl   9") {
+	if !strings.Contains(l, "[::1]:") || !strings.Contains(l, `"first"`) || !strings.Contains(l, "hlim   9") {
 		t.Errorf("line %q", l)
 	}
 	for range 200 {

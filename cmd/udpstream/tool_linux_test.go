@@ -211,10 +211,14 @@ func checkDemo(t *testing.T, p *proc, asJSON, ownNamespace bool) []string {
 			continue
 		}
 		l := stdout[i]
+		ttl := " ttl"
+		if family == 6 {
+			ttl = "hlim"
+		}
 		for _, want := range []string{
 			fmt.Sprintf("IPv%v  ", family),
 			netip.AddrPortFrom(d.addr, uint16(port)).String(),
-			fmt.Sprintf(" ttl %3d ", d.ttl),
+			fmt.Sprintf("%s %3d ", ttl, d.ttl),
 			fmt.Sprintf(" tos 0x%02x ", d.tos),
 			fmt.Sprintf(`"udpstream demo over IPv%v"`, family),
 		} {
