@@ -6,6 +6,7 @@
 // Usage:
 //
 //	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]
+//	udpstream -monitor -port N [...]
 //	udpstream -demo [-json] [-stats]
 //
 // Once it listens, the first line on stderr is
@@ -20,6 +21,10 @@
 // udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
 // Not-ECT, ECT(1), ECT(0) or CE), hlim (the IPv6 hop limit, which ttl also
 // gives; null for IPv4), and error on error lines only. Times are UTC.
+//
+// It reserves the port with a socket of its own, so that the kernel does
+// not answer ICMP port unreachable; -monitor instead observes a port that
+// another process owns, without reserving it and without -echo.
 //
 // SIGINT and SIGTERM end it with status 0 after it has printed what was
 // already received; so does a closed stdout, as after "| head -1". With
@@ -78,6 +83,7 @@ type options struct {
 	echo       bool
 	stats      bool
 	demo       bool
+	monitor    bool
 }
 
 // usageError is a command line the tool cannot act on.
@@ -102,10 +108,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.echo, "echo", false, "reply to each datagram with its payload")
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
 	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
+	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]")
+			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
@@ -127,6 +135,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError(fmt.Sprintf("-count %d: want a positive number, or 0 for no limit", o.count))
 	case slices.Contains(given, "i") && o.iface == "":
 		return o, usageError("-i needs an interface name (see ip link)")
+	case o.monitor && o.port == 0 && !o.demo:
+		return o, usageError("-monitor needs -port N, the port of the process to observe")
+	case o.monitor && o.echo:
+		// A monitor holds no socket on the port to reply from.
+		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
 	}
 	if o.demo {
 		for _, name := range given {
@@ -152,6 +165,9 @@ func (o options) streamOptions() []udpstream.Option {
 	}
 	if o.portErrors {
 		opts = append(opts, udpstream.WithPortErrors())
+	}
+	if o.monitor {
+		opts = append(opts, udpstream.WithMonitor())
 	}
 	return opts
 }
@@ -185,6 +201,10 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 			// The library's line ends in the errno's text; the user
 			// needs only the name and where to look.
 			return fail(stderr, fmt.Errorf("no interface %q (see ip link)", o.iface))
+		case errors.Is(err, syscall.EADDRINUSE) && !o.monitor:
+			// The library's advice names its option; the user of the
+			// command needs the flag.
+			return fail(stderr, fmt.Errorf("port %d is in use by another process: -monitor observes a port another process owns", o.port))
 		}
 		return fail(stderr, err)
 	}

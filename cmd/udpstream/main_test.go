@@ -32,6 +32,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-i", ""}, "-i needs an interface name"},
 		{[]string{"-demo", "-port", "53"}, "-demo takes only -json and -stats, not -port"},
 		{[]string{"-demo", "-count", "1", "-echo"}, "-demo takes only -json and -stats, not -count"},
+		{[]string{"-monitor"}, "-monitor needs -port N"},
+		{[]string{"-monitor", "-port", "0"}, "-monitor needs -port N"},
+		{[]string{"-monitor", "-port", "53", "-echo"}, "-monitor and -echo exclude each other"},
+		{[]string{"-demo", "-monitor"}, "-demo takes only -json and -stats, not -monitor"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -55,7 +59,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
@@ -71,6 +75,7 @@ func TestStreamOptions(t *testing.T) {
 		{[]string{"-4"}, 1},
 		{[]string{"-6", "-i", "eth0", "-port-errors"}, 3},
 		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 0},
+		{[]string{"-monitor", "-port", "53"}, 1},
 	} {
 		o, err := parseArgs(tc.args, nil)
 		if err != nil {

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -293,5 +294,54 @@ func TestRunInterfaceGone(t *testing.T) {
 	}
 	if msg := stderr[0]; !strings.HasPrefix(msg, "udpstream: ") || strings.Count(msg, "udpstream:") != 1 || !strings.Contains(msg, "is gone") {
 		t.Errorf("stderr %q, want one line saying the interface is gone, prefixed once", msg)
+	}
+}
+
+// TestRunMonitor checks -monitor against a port another socket owns:
+// without it the tool says which flag to use, in one line; with it the
+// tool prints what the owner receives, and the owner still receives it.
+func TestRunMonitor(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	owner, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.IPv6Unspecified(), 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	port := localAddr(owner).Port()
+	portFlag := strconv.Itoa(int(port))
+
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-port", portFlag}, &stdout, &stderr); code != exitRuntime {
+		t.Errorf("on an owned port: exit %d, want %d", code, exitRuntime)
+	}
+	msg := stderr.String()
+	if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "-monitor") || strings.Contains(msg, "WithMonitor") ||
+		!strings.Contains(msg, "port "+portFlag+" is in use") {
+		t.Errorf("on an owned port: stderr %q, want one line naming the port and -monitor, not the library's option", msg)
+	}
+
+	p := startRun(t, "-monitor", "-port", portFlag, "-json", "-count", "2")
+	if got := p.port(t); got != port {
+		t.Errorf("listening on %d, want %d", got, port)
+	}
+	for _, network := range []string{"udp4", "udp6"} {
+		s := sender(t, network, sendOpts{ttl: 33})
+		payload := []byte("owned over " + network)
+		send(t, s, loopback(network, port), payload)
+		m := checkSchema(t, next(t, p.stdout, "stdout"), false)
+		if m["payload"] != hex.EncodeToString(payload) || m["ttl"] != 33.0 {
+			t.Errorf("%s: line %v", network, m)
+		}
+		owner.SetReadDeadline(time.Now().Add(waitTime))
+		buf := make([]byte, 100)
+		n, _, err := owner.ReadFromUDPAddrPort(buf)
+		if err != nil || !bytes.Equal(buf[:n], payload) {
+			t.Errorf("%s: the owner read %q, %v; want %q", network, buf[:n], err, payload)
+		}
+	}
+	if code, stdout, _ := p.wait(t); code != exitOK || len(stdout) != 0 {
+		t.Errorf("exit %d, more stdout %q", code, stdout)
 	}
 }
