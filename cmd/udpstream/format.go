@@ -282,3 +282,59 @@ func printStats(stderr io.Writer, st udpstream.Stats, printed uint64) {
 	}
 	fmt.Fprintf(stderr, "%s\n", b)
 }
+
+// dropReasons names the drop counters for the summary, in the order of
+// Stats. Kernel drops have a line of their own, as in tcpdump's summary.
+var dropReasons = []struct {
+	name  string
+	count func(udpstream.Stats) uint64
+}{
+	{"to another port", func(s udpstream.Stats) uint64 { return s.OtherPort }},
+	{"not IP", func(s udpstream.Stats) uint64 { return s.NotIP }},
+	{"not UDP", func(s udpstream.Stats) uint64 { return s.NotUDP }},
+	{"malformed", func(s udpstream.Stats) uint64 { return s.Malformed }},
+	{"bad IPv4 header checksum", func(s udpstream.Stats) uint64 { return s.BadIPChecksum }},
+	{"bad UDP checksum", func(s udpstream.Stats) uint64 { return s.BadUDPChecksum }},
+	{"zero UDP checksum over IPv6", func(s udpstream.Stats) uint64 { return s.ZeroUDPChecksum }},
+	{"unsupported headers", func(s udpstream.Stats) uint64 { return s.Unsupported }},
+	{"not for this host", func(s udpstream.Stats) uint64 { return s.NotLocal }},
+	{"too long for the buffer", func(s udpstream.Stats) uint64 { return s.TooLong }},
+	{"overlapping fragments", func(s udpstream.Stats) uint64 { return s.FragOverlap }},
+	{"reassembly timed out", func(s udpstream.Stats) uint64 { return s.FragTimeout }},
+	{"evicted from reassembly", func(s udpstream.Stats) uint64 { return s.FragEvicted }},
+	{"still in the stream at exit", func(s udpstream.Stats) uint64 { return s.Abandoned }},
+}
+
+// plural is n with noun, in the plural unless n is 1.
+func plural(n uint64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.FormatUint(n, 10) + " " + noun + "s"
+}
+
+// appendSummary appends the summary printed at exit without -stats, as
+// tcpdump prints one: the datagrams delivered, those dropped with the
+// reasons that occurred, and the kernel's drops. Each line starts with the
+// tool's prefix, so that no one takes it for the -stats object.
+func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
+	b = fmt.Appendf(b, "udpstream: %s delivered", plural(delivered, "datagram"))
+	if st.DecodeErrors > 0 {
+		b = fmt.Appendf(b, ", %s", plural(st.DecodeErrors, "decoder error"))
+	}
+	dropped := st.Dropped() - st.KernelDrops
+	b = fmt.Appendf(b, "\nudpstream: %s dropped", plural(dropped, "datagram"))
+	sep := ": "
+	for _, r := range dropReasons {
+		if n := r.count(st); n > 0 {
+			b = fmt.Appendf(b, "%s%d %s", sep, n, r.name)
+			sep = ", "
+		}
+	}
+	return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring full)\n", plural(st.KernelDrops, "frame"))
+}
+
+// printSummary prints the exit summary on stderr.
+func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64) {
+	stderr.Write(appendSummary(nil, st, delivered))
+}

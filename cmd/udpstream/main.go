@@ -27,10 +27,14 @@
 // another process owns, without reserving it and without -echo.
 //
 // SIGINT and SIGTERM end it with status 0 after it has printed what was
-// already received; so does a closed stdout, as after "| head -1". With
-// -stats it then prints one JSON object of counters on stderr: delivered
+// already received; so does a closed stdout, as after "| head -1". It then
+// prints a summary on stderr, as tcpdump does, in lines that start with
+// "udpstream: ": the datagrams delivered, those dropped with each reason
+// that occurred, and the kernel's drops. With -stats it prints instead one
+// JSON object of the same counters, on one line of its own: delivered
 // (the datagrams printed, error lines excluded), dropped (the sum of every
-// drop reason) and one counter per reason.
+// drop reason) and one counter per reason. -demo prints the object with
+// -stats, and no summary.
 //
 // Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.
 package main
@@ -243,6 +247,8 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	s.Close()
 	if o.stats {
 		printStats(stderr, s.Stats(), delivered)
+	} else {
+		printSummary(stderr, s.Stats(), delivered)
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)

@@ -9,7 +9,9 @@ import (
 	"math"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -516,4 +518,73 @@ func TestPreview(t *testing.T) {
 			t.Errorf("preview of %q: %s, want %s", tc.in, got, tc.want)
 		}
 	}
+}
+
+func TestSummary(t *testing.T) {
+	for _, tc := range []struct {
+		st        udpstream.Stats
+		delivered uint64
+		want      string
+	}{
+		{udpstream.Stats{}, 0, "udpstream: 0 datagrams delivered\n" +
+			"udpstream: 0 datagrams dropped\n" +
+			"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7,
+			"udpstream: 7 datagrams delivered\n" +
+				"udpstream: 3 datagrams dropped: 2 to another port, 1 bad UDP checksum\n" +
+				"udpstream: 1 frame dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1,
+			"udpstream: 1 datagram delivered, 1 decoder error\n" +
+				"udpstream: 1 datagram dropped: 1 reassembly timed out\n" +
+				"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+	} {
+		got := string(appendSummary(nil, tc.st, tc.delivered))
+		if got != tc.want {
+			t.Errorf("summary of %+v:\n%s\nwant\n%s", tc.st, got, tc.want)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(got, "\n"), "\n") {
+			if !strings.HasPrefix(l, "udpstream: ") || json.Valid([]byte(l)) {
+				t.Errorf("summary line %q: want the tool's prefix, and no JSON", l)
+			}
+		}
+	}
+}
+
+// TestSummaryReasons checks that the summary names every drop counter of
+// the library, one at a time, so that a counter added to Stats cannot go
+// missing from it.
+func TestSummaryReasons(t *testing.T) {
+	st := reflect.TypeFor[udpstream.Stats]()
+	for f := range st.Fields() {
+		var s udpstream.Stats
+		reflect.ValueOf(&s).Elem().FieldByIndex(f.Index).SetUint(5)
+		if s.Dropped() == 0 {
+			continue // not a drop: delivered, decode errors, pending
+		}
+		var named uint64
+		for _, r := range dropReasons {
+			named += r.count(s)
+		}
+		if named+s.KernelDrops != s.Dropped() {
+			t.Errorf("Stats.%s is a drop reason the summary does not name", f.Name)
+		}
+	}
+}
+
+// summaryRE matches the summary's first line.
+var summaryRE = regexp.MustCompile(`^udpstream: ([0-9]+) datagrams? delivered`)
+
+// checkSummary checks that stderr starts with the exit summary, with the
+// number of datagrams delivered, and returns what follows it.
+func checkSummary(t *testing.T, stderr []string, delivered int) []string {
+	t.Helper()
+	if len(stderr) < 3 {
+		t.Fatalf("stderr %q, want the three lines of the summary", stderr)
+	}
+	m := summaryRE.FindStringSubmatch(stderr[0])
+	if m == nil || m[1] != strconv.Itoa(delivered) ||
+		!strings.Contains(stderr[1], "dropped") || !strings.Contains(stderr[2], "dropped by the kernel") {
+		t.Errorf("summary %q, want %d delivered", stderr[:3], delivered)
+	}
+	return stderr[3:]
 }

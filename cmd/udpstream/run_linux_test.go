@@ -81,7 +81,8 @@ func TestRunJSON(t *testing.T) {
 		delete(want, from)
 		checkDatagram(t, m, w)
 	}
-	if code, stdout, stderr := p.wait(t); code != exitOK || len(stdout) != 0 || len(stderr) != 0 {
+	code, stdout, stderr := p.wait(t)
+	if rest := checkSummary(t, stderr, 3); code != exitOK || len(stdout) != 0 || len(rest) != 0 {
 		t.Errorf("after -count 3: exit %d, more stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
@@ -185,7 +186,8 @@ func TestRunEcho(t *testing.T) {
 		}
 		next(t, p.stdout, "stdout")
 	}
-	if code, _, stderr := p.wait(t); code != exitOK || len(stderr) != 0 {
+	code, _, stderr := p.wait(t)
+	if rest := checkSummary(t, stderr, 2); code != exitOK || len(rest) != 0 {
 		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 }
@@ -289,8 +291,9 @@ func TestRunInterfaceGone(t *testing.T) {
 	p.port(t)
 	ip("link", "del", "gone0")
 	code, stdout, stderr := p.wait(t)
-	if code != exitRuntime || len(stdout) != 0 || len(stderr) != 1 {
-		t.Fatalf("exit %d, stdout %q, stderr %q; want %d and one line", code, stdout, stderr, exitRuntime)
+	// The summary says what it had received before it failed.
+	if stderr = checkSummary(t, stderr, 0); code != exitRuntime || len(stdout) != 0 || len(stderr) != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want %d and one line after the summary", code, stdout, stderr, exitRuntime)
 	}
 	if msg := stderr[0]; !strings.HasPrefix(msg, "udpstream: ") || strings.Count(msg, "udpstream:") != 1 || !strings.Contains(msg, "is gone") {
 		t.Errorf("stderr %q, want one line saying the interface is gone, prefixed once", msg)
@@ -341,7 +344,8 @@ func TestRunMonitor(t *testing.T) {
 			t.Errorf("%s: the owner read %q, %v; want %q", network, buf[:n], err, payload)
 		}
 	}
-	if code, stdout, _ := p.wait(t); code != exitOK || len(stdout) != 0 {
-		t.Errorf("exit %d, more stdout %q", code, stdout)
+	code, rest, errLines := p.wait(t)
+	if after := checkSummary(t, errLines, 2); code != exitOK || len(rest) != 0 || len(after) != 0 {
+		t.Errorf("exit %d, more stdout %q, stderr %q", code, rest, errLines)
 	}
 }
