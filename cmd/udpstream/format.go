@@ -16,8 +16,9 @@ import (
 // line's time has the same width.
 const jsonTime = "2006-01-02T15:04:05.000000000Z07:00"
 
-// printer writes one line per packet, in one Write each, so that a reader
-// of a pipe sees every line as soon as the datagram arrived.
+// printer writes one line per packet, each line in one Write: w is a
+// buffer that the caller flushes when no datagram is waiting (see pump),
+// or stdout itself.
 type printer struct {
 	w     io.Writer
 	json  bool
@@ -32,18 +33,28 @@ func newPrinter(w io.Writer, asJSON bool) *printer {
 // packet prints p: a delivered datagram, or one that carries an error
 // (a datagram to another port, a decoder error).
 func (pr *printer) packet(p udpstream.Packet[[]byte]) error {
+	line, err := pr.line(p)
+	if err != nil {
+		return err
+	}
+	_, err = pr.w.Write(line)
+	return err
+}
+
+// line formats p's line, newline included, into a buffer that the next
+// call reuses.
+func (pr *printer) line(p udpstream.Packet[[]byte]) ([]byte, error) {
 	name := pr.names.name(p.Header.IfIndex, time.Now())
 	if pr.json {
 		b, err := json.Marshal(newRecord(p, name))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pr.buf = append(append(pr.buf[:0], b...), '\n')
 	} else {
 		pr.buf = appendText(pr.buf[:0], p, name)
 	}
-	_, err := pr.w.Write(pr.buf)
-	return err
+	return pr.buf, nil
 }
 
 // record is the -json line. The field names and types are a contract

@@ -15,7 +15,8 @@
 //
 // with the port actually bound, which is how a script learns the port that
 // -port 0 picked. Then each datagram is one line on stdout, written as soon
-// as it arrives: a readable line aligned for a terminal, or with -json one
+// as no further datagram is waiting (so that a burst takes few writes and
+// no line waits while the tool is idle): a readable line aligned for a terminal, or with -json one
 // JSON object with the fields time, ifindex, ifname, family, src, sport,
 // dst, dport, ttl, tos, id, df, flow, ip_options, ext_headers, fragments,
 // udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
@@ -40,6 +41,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -193,6 +195,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return listen(ctx, o, stdout, stderr)
 }
 
+// outputBuffer is the size of the buffer stdout is written through: a
+// burst of lines goes out in a few writes rather than one each.
+const outputBuffer = 64 << 10
+
 // listen prints the stream's datagrams until the context ends, -count is
 // reached or the stream fails.
 func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
@@ -215,45 +221,76 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	defer s.Close()
 	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
 
-	out := newPrinter(stdout, o.json)
-	var delivered uint64
+	printed := &tally{w: stdout}
+	buf := bufio.NewWriterSize(printed, outputBuffer)
+	out := newPrinter(buf, o.json)
+	var delivered uint64 // handed to the output; printed.written says which of them reached it
 	// After cancellation the channel still holds what was received; the
 	// loop drains it and ends when the stream closes it.
-	for p := range s.Packets() {
+	err = pump(s.Packets(), func(p udpstream.Packet[[]byte]) (bool, error) {
 		if p.Err != nil && p.Header.Version == 0 {
-			continue // the stream's last word; s.Err reports it below
+			return true, nil // the stream's last word; s.Err reports it below
 		}
 		if o.echo && p.Err == nil {
 			if err := p.Reply(p.Value); err != nil {
 				warn(stderr, fmt.Errorf("echo to %v: %w", p.Header.Src, err))
 			}
 		}
-		if err := out.packet(p); err != nil {
-			if outputClosed(err) {
-				break
-			}
-			s.Close()
-			return fail(stderr, fmt.Errorf("writing output: %w", err))
+		line, err := out.line(p)
+		if err != nil {
+			return false, err
+		}
+		printed.add(len(line), p.Err == nil)
+		if _, err := buf.Write(line); err != nil {
+			return false, err
 		}
 		if p.Err == nil {
 			delivered++
 			if o.count > 0 && delivered == uint64(o.count) {
-				break
+				return false, nil
 			}
 		}
+		return true, nil
+	}, buf.Flush)
+	if err != nil && !outputClosed(err) {
+		s.Close()
+		return fail(stderr, fmt.Errorf("writing output: %w", err))
 	}
 	// Close waits until the stream has ended, so that Err and Stats are
 	// final.
 	s.Close()
 	if o.stats {
-		printStats(stderr, s.Stats(), delivered)
+		printStats(stderr, s.Stats(), printed.written)
 	} else {
-		printSummary(stderr, s.Stats(), delivered)
+		printSummary(stderr, s.Stats(), printed.written)
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)
 	}
 	return exitOK
+}
+
+// pump hands each packet of ch to each until each returns false or an
+// error, or ch is closed. It calls flush whenever ch holds no further
+// packet, before it waits for one, and at the end: output is buffered
+// while datagrams keep coming, and none of it waits while the tool is
+// idle. A line the reader sees late is one it cannot act on.
+func pump[T any](ch <-chan udpstream.Packet[T], each func(udpstream.Packet[T]) (bool, error), flush func() error) error {
+	for p := range ch {
+		more, err := each(p)
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+		if len(ch) == 0 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
 }
 
 // outputClosed reports whether a write failed because the reader of the
