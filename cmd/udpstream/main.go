@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]
 //	udpstream -monitor -port N [...]
 //	udpstream -demo [-json] [-stats]
 //
@@ -22,6 +22,14 @@
 // udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
 // Not-ECT, ECT(1), ECT(0) or CE), hlim (the IPv6 hop limit, which ttl also
 // gives; null for IPv4), and error on error lines only. Times are UTC.
+//
+// -w FILE writes each delivered datagram to FILE as well, as a pcapng
+// capture that Wireshark, tshark and tcpdump read: raw IP (LINKTYPE_RAW),
+// one interface description per interface with its name, nanosecond
+// timestamps from the kernel. A datagram that arrived in fragments is
+// written whole, reassembled, as one packet. -w - writes the capture to
+// stdout instead of the lines. With -w, delivered counts the datagrams
+// written to the capture.
 //
 // It reserves the port with a socket of its own, so that the kernel does
 // not answer ICMP port unreachable; -monitor instead observes a port that
@@ -52,6 +60,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/udpstream/udpstream"
 )
@@ -90,6 +99,7 @@ type options struct {
 	stats      bool
 	demo       bool
 	monitor    bool
+	write      string // -w: the capture file, "-" for stdout
 }
 
 // usageError is a command line the tool cannot act on.
@@ -114,11 +124,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.echo, "echo", false, "reply to each datagram with its payload")
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
 	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
+	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
 			fs.SetOutput(stderr)
@@ -143,6 +154,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-i needs an interface name (see ip link)")
 	case o.monitor && o.port == 0 && !o.demo:
 		return o, usageError("-monitor needs -port N, the port of the process to observe")
+	case o.write == "-" && o.json:
+		return o, usageError("-w - writes the capture to stdout, where -json would print its lines: give -w a file name")
+	case o.write == "-" && o.portErrors:
+		return o, usageError("-w - writes the capture to stdout and -port-errors prints lines, which it leaves out: give -w a file name")
+	case slices.Contains(given, "w") && o.write == "":
+		return o, usageError("-w needs a file name, or - for stdout")
 	case o.monitor && o.echo:
 		// A monitor holds no socket on the port to reply from.
 		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
@@ -195,15 +212,159 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return listen(ctx, o, stdout, stderr)
 }
 
-// outputBuffer is the size of the buffer stdout is written through: a
-// burst of lines goes out in a few writes rather than one each.
+// outputBuffer is the size of the buffers stdout and a capture file are
+// written through: a burst goes out in a few writes rather than one per
+// datagram.
 const outputBuffer = 64 << 10
+
+// datagram is what the command keeps of each datagram: its payload, and
+// with -w the whole IP datagram too.
+type datagram struct {
+	ip      []byte // with -w: the bytes udpstream.Raw returns
+	payload []byte
+}
+
+// decodePayload keeps the payload only, as udpstream.Payload does.
+func decodePayload(d *udpstream.Datagram) (datagram, error) {
+	p, err := udpstream.Payload(d)
+	return datagram{payload: p}, err
+}
+
+// decodeCapture keeps the whole IP datagram, reassembled, and the
+// payload, in one allocation.
+func decodeCapture(d *udpstream.Datagram) (datagram, error) {
+	ip, payload := d.IP(), d.Payload()
+	b := make([]byte, len(ip)+len(payload))
+	copy(b, ip)
+	copy(b[len(ip):], payload)
+	return datagram{ip: b[:len(ip):len(ip)], payload: b[len(ip):]}, nil
+}
+
+// output is where listen writes: lines on stdout and a capture file, each
+// through a buffer that pump flushes, and a tally under each that counts
+// what reached it.
+type output struct {
+	lines      *printer // nil with -w -
+	lineBuf    *bufio.Writer
+	printed    *tally
+	capture    *pcapngWriter // nil without -w
+	captureBuf *bufio.Writer
+	captured   *tally
+	file       *os.File // the capture file; nil for stdout or none
+	names      ifNames
+}
+
+// newOutput prepares the output o asks for. The capture file, if any, is
+// created here, before the stream opens, so that a bad path costs nothing.
+func newOutput(o options, stdout io.Writer) (*output, error) {
+	out := &output{names: ifNames{lookup: interfaceName}}
+	if o.write != "-" {
+		out.printed = &tally{w: stdout}
+		out.lineBuf = bufio.NewWriterSize(out.printed, outputBuffer)
+		out.lines = newPrinter(out.lineBuf, o.json)
+	}
+	if o.write != "" {
+		w := stdout
+		if o.write != "-" {
+			f, err := os.Create(o.write)
+			if err != nil {
+				return nil, err
+			}
+			out.file, w = f, f
+		}
+		out.captured = &tally{w: w}
+		out.captureBuf = bufio.NewWriterSize(out.captured, outputBuffer)
+		out.capture = newPcapngWriter()
+		h := out.capture.header()
+		out.captured.add(len(h), false)
+		out.captureBuf.Write(h) // an error stays in the buffer, for flush
+	}
+	return out, nil
+}
+
+// packet writes p's line and, if it is a delivered datagram, its capture
+// record.
+func (out *output) packet(p udpstream.Packet[datagram]) error {
+	if out.capture != nil && p.Err == nil {
+		name := out.names.name(p.Header.IfIndex, time.Now())
+		b := out.capture.packet(p.Header.IfIndex, name, p.Header.Time, p.Value.ip)
+		out.captured.add(len(b), true)
+		if _, err := out.captureBuf.Write(b); err != nil {
+			return out.captureError(err)
+		}
+	}
+	if out.lines != nil {
+		line, err := out.lines.line(udpstream.Packet[[]byte]{Value: p.Value.payload, Header: p.Header, Err: p.Err})
+		if err != nil {
+			return err
+		}
+		out.printed.add(len(line), p.Err == nil)
+		if _, err := out.lineBuf.Write(line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flush writes out what the buffers hold.
+func (out *output) flush() error {
+	if out.capture != nil {
+		if err := out.captureBuf.Flush(); err != nil {
+			return out.captureError(err)
+		}
+	}
+	if out.lines != nil {
+		return out.lineBuf.Flush()
+	}
+	return nil
+}
+
+// close flushes and closes the capture file.
+func (out *output) close() error {
+	err := out.flush()
+	if out.file != nil {
+		if cerr := out.file.Close(); err == nil && cerr != nil {
+			err = out.captureError(cerr)
+		}
+	}
+	return err
+}
+
+// captureError names the capture file in an error writing it.
+func (out *output) captureError(err error) error {
+	if out.file == nil {
+		return err // stdout, as for lines
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return err // names the file already
+	}
+	return fmt.Errorf("%s: %w", out.file.Name(), err)
+}
+
+// delivered is the number of datagrams the output holds: those written to
+// the capture with -w, else the lines printed.
+func (out *output) delivered() uint64 {
+	if out.capture != nil {
+		return out.captured.written
+	}
+	return out.printed.written
+}
 
 // listen prints the stream's datagrams until the context ends, -count is
 // reached or the stream fails.
 func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
-	s, err := udpstream.Open(ctx, uint16(o.port), udpstream.Payload, o.streamOptions()...)
+	out, err := newOutput(o, stdout)
 	if err != nil {
+		return fail(stderr, fmt.Errorf("-w: %w", err))
+	}
+	dec := decodePayload
+	if out.capture != nil {
+		dec = decodeCapture
+	}
+	s, err := udpstream.Open(ctx, uint16(o.port), dec, o.streamOptions()...)
+	if err != nil {
+		out.close()
 		switch {
 		case ctx.Err() != nil:
 			return exitOK // interrupted before it began
@@ -221,27 +382,19 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	defer s.Close()
 	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
 
-	printed := &tally{w: stdout}
-	buf := bufio.NewWriterSize(printed, outputBuffer)
-	out := newPrinter(buf, o.json)
-	var delivered uint64 // handed to the output; printed.written says which of them reached it
+	var delivered uint64 // handed to the output; out.delivered says which of them reached it
 	// After cancellation the channel still holds what was received; the
 	// loop drains it and ends when the stream closes it.
-	err = pump(s.Packets(), func(p udpstream.Packet[[]byte]) (bool, error) {
+	err = pump(s.Packets(), func(p udpstream.Packet[datagram]) (bool, error) {
 		if p.Err != nil && p.Header.Version == 0 {
 			return true, nil // the stream's last word; s.Err reports it below
 		}
 		if o.echo && p.Err == nil {
-			if err := p.Reply(p.Value); err != nil {
+			if err := p.Reply(p.Value.payload); err != nil {
 				warn(stderr, fmt.Errorf("echo to %v: %w", p.Header.Src, err))
 			}
 		}
-		line, err := out.line(p)
-		if err != nil {
-			return false, err
-		}
-		printed.add(len(line), p.Err == nil)
-		if _, err := buf.Write(line); err != nil {
+		if err := out.packet(p); err != nil {
 			return false, err
 		}
 		if p.Err == nil {
@@ -251,7 +404,10 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 			}
 		}
 		return true, nil
-	}, buf.Flush)
+	}, out.flush)
+	if cerr := out.close(); err == nil {
+		err = cerr
+	}
 	if err != nil && !outputClosed(err) {
 		s.Close()
 		return fail(stderr, fmt.Errorf("writing output: %w", err))
@@ -260,9 +416,9 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	// final.
 	s.Close()
 	if o.stats {
-		printStats(stderr, s.Stats(), printed.written)
+		printStats(stderr, s.Stats(), out.delivered())
 	} else {
-		printSummary(stderr, s.Stats(), printed.written)
+		printSummary(stderr, s.Stats(), out.delivered())
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)

@@ -38,6 +38,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-monitor", "-port", "0"}, "-monitor needs -port N"},
 		{[]string{"-monitor", "-port", "53", "-echo"}, "-monitor and -echo exclude each other"},
 		{[]string{"-demo", "-monitor"}, "-demo takes only -json and -stats, not -monitor"},
+		{[]string{"-w", "-", "-json"}, "-w - writes the capture to stdout, where -json would print"},
+		{[]string{"-w", "-", "-port-errors"}, "give -w a file name"},
+		{[]string{"-w", ""}, "-w needs a file name, or - for stdout"},
+		{[]string{"-demo", "-w", "x.pcapng"}, "-demo takes only -json and -stats, not -w"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -61,7 +65,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
@@ -588,3 +592,6 @@ func checkSummary(t *testing.T, stderr []string, delivered int) []string {
 	}
 	return stderr[3:]
 }
+
+// hexOf is s as the -json payload field spells it.
+func hexOf(s string) string { return hex.EncodeToString([]byte(s)) }

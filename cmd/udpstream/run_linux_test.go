@@ -32,6 +32,17 @@ func TestSetupError(t *testing.T) {
 	}
 }
 
+// A capture file that cannot be created is a runtime error, said before
+// anything listens.
+func TestCaptureFileError(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-port", "9", "-w", "/nonexistent-dir/x.pcapng"}, &stdout, &stderr)
+	const want = "udpstream: -w: open /nonexistent-dir/x.pcapng: no such file or directory\n"
+	if code != exitRuntime || stderr.String() != want || stdout.Len() != 0 {
+		t.Errorf("exit %d, stderr %q, stdout %q; want %d and %q", code, stderr.String(), stdout.String(), exitRuntime, want)
+	}
+}
+
 // loIndex is the index of loopback in the test's namespace.
 func loIndex(t *testing.T) int {
 	t.Helper()
@@ -86,9 +97,6 @@ func TestRunJSON(t *testing.T) {
 		t.Errorf("after -count 3: exit %d, more stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
-
-// hexOf is s as the -json payload field spells it.
-func hexOf(s string) string { return hex.EncodeToString([]byte(s)) }
 
 // TestRunPortErrors checks that -port-errors prints a datagram to another
 // port as an error line, which -count does not count, and -stats as a drop.
