@@ -7,6 +7,7 @@
 //
 //	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]
 //	udpstream -monitor -port N [...]
+//	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
 //
 // Once it listens, the first line on stderr is
@@ -30,6 +31,15 @@
 // written whole, reassembled, as one packet. -w - writes the capture to
 // stdout instead of the lines. With -w, delivered counts the datagrams
 // written to the capture.
+//
+// -top shows, instead of the lines, a view of the terminal refreshed each
+// second: per source address the datagrams, their rate, the range and most
+// common value of the TTL or hop limit, and the ECN codepoints seen; a
+// source whose TTL varies is marked "!", since one host's datagrams to one
+// port normally share a path and a TTL, and spoofed ones rarely match it.
+// The drop counters are at the bottom. It draws on the alternate screen
+// with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
+// is as it was, with the summary below what was there.
 //
 // It reserves the port with a socket of its own, so that the kernel does
 // not answer ICMP port unreachable; -monitor instead observes a port that
@@ -100,6 +110,7 @@ type options struct {
 	demo       bool
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
+	top        bool
 }
 
 // usageError is a command line the tool cannot act on.
@@ -125,12 +136,14 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
 	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
 	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
+	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
+			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
@@ -160,6 +173,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w - writes the capture to stdout and -port-errors prints lines, which it leaves out: give -w a file name")
 	case slices.Contains(given, "w") && o.write == "":
 		return o, usageError("-w needs a file name, or - for stdout")
+	case o.top && (o.json || o.write != ""):
+		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
 	case o.monitor && o.echo:
 		// A monitor holds no socket on the port to reply from.
 		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
@@ -382,6 +397,9 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	defer s.Close()
 	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
 
+	if o.top {
+		return showTop(s, o, stdout, stderr)
+	}
 	var delivered uint64 // handed to the output; out.delivered says which of them reached it
 	// After cancellation the channel still holds what was received; the
 	// loop drains it and ends when the stream closes it.
@@ -419,6 +437,32 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 		printStats(stderr, s.Stats(), out.delivered())
 	} else {
 		printSummary(stderr, s.Stats(), out.delivered())
+	}
+	if err := s.Err(); err != nil {
+		return fail(stderr, err)
+	}
+	return exitOK
+}
+
+// showTop runs the -top view until the stream ends or -count is reached,
+// then prints the summary as listen does.
+func showTop(s *udpstream.Stream[datagram], o options, stdout, stderr io.Writer) int {
+	var echo func(udpstream.Packet[datagram])
+	if o.echo {
+		echo = func(p udpstream.Packet[datagram]) {
+			// No warning: stderr shares the screen the view draws.
+			_ = p.Reply(p.Value.payload)
+		}
+	}
+	n, err := runTop(s.Packets(), stdout, s.Port(), o.count, s.Stats, func() int { return terminalHeight(stdout) }, echo)
+	s.Close()
+	if o.stats {
+		printStats(stderr, s.Stats(), n)
+	} else {
+		printSummary(stderr, s.Stats(), n)
+	}
+	if err != nil && !outputClosed(err) {
+		return fail(stderr, fmt.Errorf("writing output: %w", err))
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)

@@ -42,6 +42,8 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-w", "-", "-port-errors"}, "give -w a file name"},
 		{[]string{"-w", ""}, "-w needs a file name, or - for stdout"},
 		{[]string{"-demo", "-w", "x.pcapng"}, "-demo takes only -json and -stats, not -w"},
+		{[]string{"-top", "-json"}, "-top draws the terminal instead of printing lines"},
+		{[]string{"-top", "-w", "x.pcapng"}, "it takes neither -json nor -w"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -65,7 +67,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-top"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
