@@ -16,8 +16,9 @@ import (
 // line's time has the same width.
 const jsonTime = "2006-01-02T15:04:05.000000000Z07:00"
 
-// printer writes one line per packet, in one Write each, so that a reader
-// of a pipe sees every line as soon as the datagram arrived.
+// printer writes one line per packet, each line in one Write: w is a
+// buffer that the caller flushes when no datagram is waiting (see pump),
+// or stdout itself.
 type printer struct {
 	w     io.Writer
 	json  bool
@@ -32,18 +33,28 @@ func newPrinter(w io.Writer, asJSON bool) *printer {
 // packet prints p: a delivered datagram, or one that carries an error
 // (a datagram to another port, a decoder error).
 func (pr *printer) packet(p udpstream.Packet[[]byte]) error {
+	line, err := pr.line(p)
+	if err != nil {
+		return err
+	}
+	_, err = pr.w.Write(line)
+	return err
+}
+
+// line formats p's line, newline included, into a buffer that the next
+// call reuses.
+func (pr *printer) line(p udpstream.Packet[[]byte]) ([]byte, error) {
 	name := pr.names.name(p.Header.IfIndex, time.Now())
 	if pr.json {
 		b, err := json.Marshal(newRecord(p, name))
 		if err != nil {
-			return err
+			return nil, err
 		}
 		pr.buf = append(append(pr.buf[:0], b...), '\n')
 	} else {
 		pr.buf = appendText(pr.buf[:0], p, name)
 	}
-	_, err := pr.w.Write(pr.buf)
-	return err
+	return pr.buf, nil
 }
 
 // record is the -json line. The field names and types are a contract
@@ -70,7 +81,12 @@ type record struct {
 	UDPChecksum uint16 `json:"udp_checksum"`
 	Len         int    `json:"len"`
 	Payload     string `json:"payload"`
-	Error       string `json:"error,omitempty"`
+	// Added after the first release, after the others so that every
+	// earlier key keeps its place in the line.
+	DSCP  uint8  `json:"dscp"`
+	ECN   string `json:"ecn"`  // RFC 3168 name
+	HLim  *uint8 `json:"hlim"` // IPv6 hop limit; null for IPv4
+	Error string `json:"error,omitempty"`
 }
 
 func newRecord(p udpstream.Packet[[]byte], ifname string) record {
@@ -96,6 +112,11 @@ func newRecord(p udpstream.Packet[[]byte], ifname string) record {
 		UDPChecksum: h.UDPChecksum,
 		Len:         payloadLen(p),
 		Payload:     hex.EncodeToString(p.Value),
+		DSCP:        h.DSCP(),
+		ECN:         h.ECN().String(),
+	}
+	if h.Version == 6 {
+		r.HLim = &h.TTL
 	}
 	for i, x := range h.ExtHeaders {
 		r.ExtHeaders[i] = int(x)
@@ -131,9 +152,15 @@ func appendText(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 		ifname = "if" + strconv.Itoa(h.IfIndex)
 	}
 	route := h.Src.String() + " → " + h.Dst.String()
-	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s  ttl %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
+	// IPv6 calls it the hop limit; the wider name takes the space before
+	// it, so that the IPv4 line is as it always was.
+	ttl := "ttl"
+	if h.Version == 6 {
+		ttl = "hlim"
+	}
+	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s %4s %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
 		h.Time.UTC().Format(textTime), ifname, h.Version, route,
-		h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
+		ttl, h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
 	if p.Err != nil {
 		b = append(b, "error: "...)
 		b = append(b, p.Err.Error()...)
@@ -265,4 +292,60 @@ func printStats(stderr io.Writer, st udpstream.Stats, printed uint64) {
 		return
 	}
 	fmt.Fprintf(stderr, "%s\n", b)
+}
+
+// dropReasons names the drop counters for the summary, in the order of
+// Stats. Kernel drops have a line of their own, as in tcpdump's summary.
+var dropReasons = []struct {
+	name  string
+	count func(udpstream.Stats) uint64
+}{
+	{"to another port", func(s udpstream.Stats) uint64 { return s.OtherPort }},
+	{"not IP", func(s udpstream.Stats) uint64 { return s.NotIP }},
+	{"not UDP", func(s udpstream.Stats) uint64 { return s.NotUDP }},
+	{"malformed", func(s udpstream.Stats) uint64 { return s.Malformed }},
+	{"bad IPv4 header checksum", func(s udpstream.Stats) uint64 { return s.BadIPChecksum }},
+	{"bad UDP checksum", func(s udpstream.Stats) uint64 { return s.BadUDPChecksum }},
+	{"zero UDP checksum over IPv6", func(s udpstream.Stats) uint64 { return s.ZeroUDPChecksum }},
+	{"unsupported headers", func(s udpstream.Stats) uint64 { return s.Unsupported }},
+	{"not for this host", func(s udpstream.Stats) uint64 { return s.NotLocal }},
+	{"too long for the buffer", func(s udpstream.Stats) uint64 { return s.TooLong }},
+	{"overlapping fragments", func(s udpstream.Stats) uint64 { return s.FragOverlap }},
+	{"reassembly timed out", func(s udpstream.Stats) uint64 { return s.FragTimeout }},
+	{"evicted from reassembly", func(s udpstream.Stats) uint64 { return s.FragEvicted }},
+	{"still in the stream at exit", func(s udpstream.Stats) uint64 { return s.Abandoned }},
+}
+
+// plural is n with noun, in the plural unless n is 1.
+func plural(n uint64, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.FormatUint(n, 10) + " " + noun + "s"
+}
+
+// appendSummary appends the summary printed at exit without -stats, as
+// tcpdump prints one: the datagrams delivered, those dropped with the
+// reasons that occurred, and the kernel's drops. Each line starts with the
+// tool's prefix, so that no one takes it for the -stats object.
+func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
+	b = fmt.Appendf(b, "udpstream: %s delivered", plural(delivered, "datagram"))
+	if st.DecodeErrors > 0 {
+		b = fmt.Appendf(b, ", %s", plural(st.DecodeErrors, "decoder error"))
+	}
+	dropped := st.Dropped() - st.KernelDrops
+	b = fmt.Appendf(b, "\nudpstream: %s dropped", plural(dropped, "datagram"))
+	sep := ": "
+	for _, r := range dropReasons {
+		if n := r.count(st); n > 0 {
+			b = fmt.Appendf(b, "%s%d %s", sep, n, r.name)
+			sep = ", "
+		}
+	}
+	return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring full)\n", plural(st.KernelDrops, "frame"))
+}
+
+// printSummary prints the exit summary on stderr.
+func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64) {
+	stderr.Write(appendSummary(nil, st, delivered))
 }

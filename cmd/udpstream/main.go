@@ -5,7 +5,9 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]
+//	udpstream -monitor -port N [...]
+//	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
 //
 // Once it listens, the first line on stderr is
@@ -14,22 +16,50 @@
 //
 // with the port actually bound, which is how a script learns the port that
 // -port 0 picked. Then each datagram is one line on stdout, written as soon
-// as it arrives: a readable line aligned for a terminal, or with -json one
+// as no further datagram is waiting (so that a burst takes few writes and
+// no line waits while the tool is idle): a readable line aligned for a terminal, or with -json one
 // JSON object with the fields time, ifindex, ifname, family, src, sport,
 // dst, dport, ttl, tos, id, df, flow, ip_options, ext_headers, fragments,
-// udp_len, udp_checksum, len, payload, and error on error lines only.
-// Times are UTC.
+// udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
+// Not-ECT, ECT(1), ECT(0) or CE), hlim (the IPv6 hop limit, which ttl also
+// gives; null for IPv4), and error on error lines only. Times are UTC.
+//
+// -w FILE writes each delivered datagram to FILE as well, as a pcapng
+// capture that Wireshark, tshark and tcpdump read: raw IP (LINKTYPE_RAW),
+// one interface description per interface with its name, nanosecond
+// timestamps from the kernel. A datagram that arrived in fragments is
+// written whole, reassembled, as one packet. -w - writes the capture to
+// stdout instead of the lines. With -w, delivered counts the datagrams
+// written to the capture.
+//
+// -top shows, instead of the lines, a view of the terminal refreshed each
+// second: per source address the datagrams, their rate, the range and most
+// common value of the TTL or hop limit, and the ECN codepoints seen; a
+// source whose TTL varies is marked "!", since one host's datagrams to one
+// port normally share a path and a TTL, and spoofed ones rarely match it.
+// The drop counters are at the bottom. It draws on the alternate screen
+// with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
+// is as it was, with the summary below what was there.
+//
+// It reserves the port with a socket of its own, so that the kernel does
+// not answer ICMP port unreachable; -monitor instead observes a port that
+// another process owns, without reserving it and without -echo.
 //
 // SIGINT and SIGTERM end it with status 0 after it has printed what was
-// already received; so does a closed stdout, as after "| head -1". With
-// -stats it then prints one JSON object of counters on stderr: delivered
+// already received; so does a closed stdout, as after "| head -1". It then
+// prints a summary on stderr, as tcpdump does, in lines that start with
+// "udpstream: ": the datagrams delivered, those dropped with each reason
+// that occurred, and the kernel's drops. With -stats it prints instead one
+// JSON object of the same counters, on one line of its own: delivered
 // (the datagrams printed, error lines excluded), dropped (the sum of every
-// drop reason) and one counter per reason.
+// drop reason) and one counter per reason. -demo prints the object with
+// -stats, and no summary.
 //
 // Exit status: 0 on success, 1 on a runtime error, 2 on a usage error.
 package main
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"flag"
@@ -40,6 +70,7 @@ import (
 	"slices"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/udpstream/udpstream"
 )
@@ -77,6 +108,9 @@ type options struct {
 	echo       bool
 	stats      bool
 	demo       bool
+	monitor    bool
+	write      string // -w: the capture file, "-" for stdout
+	top        bool
 }
 
 // usageError is a command line the tool cannot act on.
@@ -101,10 +135,15 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.echo, "echo", false, "reply to each datagram with its payload")
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
 	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
+	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
+	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
+	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]")
+			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
+			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
 			fs.SetOutput(stderr)
 			fs.PrintDefaults()
@@ -126,6 +165,19 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError(fmt.Sprintf("-count %d: want a positive number, or 0 for no limit", o.count))
 	case slices.Contains(given, "i") && o.iface == "":
 		return o, usageError("-i needs an interface name (see ip link)")
+	case o.monitor && o.port == 0 && !o.demo:
+		return o, usageError("-monitor needs -port N, the port of the process to observe")
+	case o.write == "-" && o.json:
+		return o, usageError("-w - writes the capture to stdout, where -json would print its lines: give -w a file name")
+	case o.write == "-" && o.portErrors:
+		return o, usageError("-w - writes the capture to stdout and -port-errors prints lines, which it leaves out: give -w a file name")
+	case slices.Contains(given, "w") && o.write == "":
+		return o, usageError("-w needs a file name, or - for stdout")
+	case o.top && (o.json || o.write != ""):
+		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
+	case o.monitor && o.echo:
+		// A monitor holds no socket on the port to reply from.
+		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
 	}
 	if o.demo {
 		for _, name := range given {
@@ -152,6 +204,9 @@ func (o options) streamOptions() []udpstream.Option {
 	if o.portErrors {
 		opts = append(opts, udpstream.WithPortErrors())
 	}
+	if o.monitor {
+		opts = append(opts, udpstream.WithMonitor())
+	}
 	return opts
 }
 
@@ -172,11 +227,159 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return listen(ctx, o, stdout, stderr)
 }
 
+// outputBuffer is the size of the buffers stdout and a capture file are
+// written through: a burst goes out in a few writes rather than one per
+// datagram.
+const outputBuffer = 64 << 10
+
+// datagram is what the command keeps of each datagram: its payload, and
+// with -w the whole IP datagram too.
+type datagram struct {
+	ip      []byte // with -w: the bytes udpstream.Raw returns
+	payload []byte
+}
+
+// decodePayload keeps the payload only, as udpstream.Payload does.
+func decodePayload(d *udpstream.Datagram) (datagram, error) {
+	p, err := udpstream.Payload(d)
+	return datagram{payload: p}, err
+}
+
+// decodeCapture keeps the whole IP datagram, reassembled, and the
+// payload, in one allocation.
+func decodeCapture(d *udpstream.Datagram) (datagram, error) {
+	ip, payload := d.IP(), d.Payload()
+	b := make([]byte, len(ip)+len(payload))
+	copy(b, ip)
+	copy(b[len(ip):], payload)
+	return datagram{ip: b[:len(ip):len(ip)], payload: b[len(ip):]}, nil
+}
+
+// output is where listen writes: lines on stdout and a capture file, each
+// through a buffer that pump flushes, and a tally under each that counts
+// what reached it.
+type output struct {
+	lines      *printer // nil with -w -
+	lineBuf    *bufio.Writer
+	printed    *tally
+	capture    *pcapngWriter // nil without -w
+	captureBuf *bufio.Writer
+	captured   *tally
+	file       *os.File // the capture file; nil for stdout or none
+	names      ifNames
+}
+
+// newOutput prepares the output o asks for. The capture file, if any, is
+// created here, before the stream opens, so that a bad path costs nothing.
+func newOutput(o options, stdout io.Writer) (*output, error) {
+	out := &output{names: ifNames{lookup: interfaceName}}
+	if o.write != "-" {
+		out.printed = &tally{w: stdout}
+		out.lineBuf = bufio.NewWriterSize(out.printed, outputBuffer)
+		out.lines = newPrinter(out.lineBuf, o.json)
+	}
+	if o.write != "" {
+		w := stdout
+		if o.write != "-" {
+			f, err := os.Create(o.write)
+			if err != nil {
+				return nil, err
+			}
+			out.file, w = f, f
+		}
+		out.captured = &tally{w: w}
+		out.captureBuf = bufio.NewWriterSize(out.captured, outputBuffer)
+		out.capture = newPcapngWriter()
+		h := out.capture.header()
+		out.captured.add(len(h), false)
+		out.captureBuf.Write(h) // an error stays in the buffer, for flush
+	}
+	return out, nil
+}
+
+// packet writes p's line and, if it is a delivered datagram, its capture
+// record.
+func (out *output) packet(p udpstream.Packet[datagram]) error {
+	if out.capture != nil && p.Err == nil {
+		name := out.names.name(p.Header.IfIndex, time.Now())
+		b := out.capture.packet(p.Header.IfIndex, name, p.Header.Time, p.Value.ip)
+		out.captured.add(len(b), true)
+		if _, err := out.captureBuf.Write(b); err != nil {
+			return out.captureError(err)
+		}
+	}
+	if out.lines != nil {
+		line, err := out.lines.line(udpstream.Packet[[]byte]{Value: p.Value.payload, Header: p.Header, Err: p.Err})
+		if err != nil {
+			return err
+		}
+		out.printed.add(len(line), p.Err == nil)
+		if _, err := out.lineBuf.Write(line); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// flush writes out what the buffers hold.
+func (out *output) flush() error {
+	if out.capture != nil {
+		if err := out.captureBuf.Flush(); err != nil {
+			return out.captureError(err)
+		}
+	}
+	if out.lines != nil {
+		return out.lineBuf.Flush()
+	}
+	return nil
+}
+
+// close flushes and closes the capture file.
+func (out *output) close() error {
+	err := out.flush()
+	if out.file != nil {
+		if cerr := out.file.Close(); err == nil && cerr != nil {
+			err = out.captureError(cerr)
+		}
+	}
+	return err
+}
+
+// captureError names the capture file in an error writing it.
+func (out *output) captureError(err error) error {
+	if out.file == nil {
+		return err // stdout, as for lines
+	}
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return err // names the file already
+	}
+	return fmt.Errorf("%s: %w", out.file.Name(), err)
+}
+
+// delivered is the number of datagrams the output holds: those written to
+// the capture with -w, else the lines printed.
+func (out *output) delivered() uint64 {
+	if out.capture != nil {
+		return out.captured.written
+	}
+	return out.printed.written
+}
+
 // listen prints the stream's datagrams until the context ends, -count is
 // reached or the stream fails.
 func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
-	s, err := udpstream.Open(ctx, uint16(o.port), udpstream.Payload, o.streamOptions()...)
+	out, err := newOutput(o, stdout)
 	if err != nil {
+		return fail(stderr, fmt.Errorf("-w: %w", err))
+	}
+	dec := decodePayload
+	if out.capture != nil {
+		dec = decodeCapture
+	}
+	s, err := udpstream.Open(ctx, uint16(o.port), dec, o.streamOptions()...)
+	if err != nil {
+		out.close()
 		switch {
 		case ctx.Err() != nil:
 			return exitOK // interrupted before it began
@@ -184,49 +387,110 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 			// The library's line ends in the errno's text; the user
 			// needs only the name and where to look.
 			return fail(stderr, fmt.Errorf("no interface %q (see ip link)", o.iface))
+		case errors.Is(err, syscall.EADDRINUSE) && !o.monitor:
+			// The library's advice names its option; the user of the
+			// command needs the flag.
+			return fail(stderr, fmt.Errorf("port %d is in use by another process: -monitor observes a port another process owns", o.port))
 		}
 		return fail(stderr, err)
 	}
 	defer s.Close()
 	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
 
-	out := newPrinter(stdout, o.json)
-	var delivered uint64
+	if o.top {
+		return showTop(s, o, stdout, stderr)
+	}
+	var delivered uint64 // handed to the output; out.delivered says which of them reached it
 	// After cancellation the channel still holds what was received; the
 	// loop drains it and ends when the stream closes it.
-	for p := range s.Packets() {
+	err = pump(s.Packets(), func(p udpstream.Packet[datagram]) (bool, error) {
 		if p.Err != nil && p.Header.Version == 0 {
-			continue // the stream's last word; s.Err reports it below
+			return true, nil // the stream's last word; s.Err reports it below
 		}
 		if o.echo && p.Err == nil {
-			if err := p.Reply(p.Value); err != nil {
+			if err := p.Reply(p.Value.payload); err != nil {
 				warn(stderr, fmt.Errorf("echo to %v: %w", p.Header.Src, err))
 			}
 		}
 		if err := out.packet(p); err != nil {
-			if outputClosed(err) {
-				break
-			}
-			s.Close()
-			return fail(stderr, fmt.Errorf("writing output: %w", err))
+			return false, err
 		}
 		if p.Err == nil {
 			delivered++
 			if o.count > 0 && delivered == uint64(o.count) {
-				break
+				return false, nil
 			}
 		}
+		return true, nil
+	}, out.flush)
+	if cerr := out.close(); err == nil {
+		err = cerr
+	}
+	if err != nil && !outputClosed(err) {
+		s.Close()
+		return fail(stderr, fmt.Errorf("writing output: %w", err))
 	}
 	// Close waits until the stream has ended, so that Err and Stats are
 	// final.
 	s.Close()
 	if o.stats {
-		printStats(stderr, s.Stats(), delivered)
+		printStats(stderr, s.Stats(), out.delivered())
+	} else {
+		printSummary(stderr, s.Stats(), out.delivered())
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)
 	}
 	return exitOK
+}
+
+// showTop runs the -top view until the stream ends or -count is reached,
+// then prints the summary as listen does.
+func showTop(s *udpstream.Stream[datagram], o options, stdout, stderr io.Writer) int {
+	var echo func(udpstream.Packet[datagram])
+	if o.echo {
+		echo = func(p udpstream.Packet[datagram]) {
+			// No warning: stderr shares the screen the view draws.
+			_ = p.Reply(p.Value.payload)
+		}
+	}
+	n, err := runTop(s.Packets(), stdout, s.Port(), o.count, s.Stats, func() int { return terminalHeight(stdout) }, echo)
+	s.Close()
+	if o.stats {
+		printStats(stderr, s.Stats(), n)
+	} else {
+		printSummary(stderr, s.Stats(), n)
+	}
+	if err != nil && !outputClosed(err) {
+		return fail(stderr, fmt.Errorf("writing output: %w", err))
+	}
+	if err := s.Err(); err != nil {
+		return fail(stderr, err)
+	}
+	return exitOK
+}
+
+// pump hands each packet of ch to each until each returns false or an
+// error, or ch is closed. It calls flush whenever ch holds no further
+// packet, before it waits for one, and at the end: output is buffered
+// while datagrams keep coming, and none of it waits while the tool is
+// idle. A line the reader sees late is one it cannot act on.
+func pump[T any](ch <-chan udpstream.Packet[T], each func(udpstream.Packet[T]) (bool, error), flush func() error) error {
+	for p := range ch {
+		more, err := each(p)
+		if err != nil {
+			return err
+		}
+		if !more {
+			break
+		}
+		if len(ch) == 0 {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
 }
 
 // outputClosed reports whether a write failed because the reader of the

@@ -9,7 +9,9 @@ import (
 	"math"
 	"net/netip"
 	"reflect"
+	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -32,6 +34,16 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-i", ""}, "-i needs an interface name"},
 		{[]string{"-demo", "-port", "53"}, "-demo takes only -json and -stats, not -port"},
 		{[]string{"-demo", "-count", "1", "-echo"}, "-demo takes only -json and -stats, not -count"},
+		{[]string{"-monitor"}, "-monitor needs -port N"},
+		{[]string{"-monitor", "-port", "0"}, "-monitor needs -port N"},
+		{[]string{"-monitor", "-port", "53", "-echo"}, "-monitor and -echo exclude each other"},
+		{[]string{"-demo", "-monitor"}, "-demo takes only -json and -stats, not -monitor"},
+		{[]string{"-w", "-", "-json"}, "-w - writes the capture to stdout, where -json would print"},
+		{[]string{"-w", "-", "-port-errors"}, "give -w a file name"},
+		{[]string{"-w", ""}, "-w needs a file name, or - for stdout"},
+		{[]string{"-demo", "-w", "x.pcapng"}, "-demo takes only -json and -stats, not -w"},
+		{[]string{"-top", "-json"}, "-top draws the terminal instead of printing lines"},
+		{[]string{"-top", "-w", "x.pcapng"}, "it takes neither -json nor -w"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
@@ -55,7 +67,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-top"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
@@ -71,6 +83,7 @@ func TestStreamOptions(t *testing.T) {
 		{[]string{"-4"}, 1},
 		{[]string{"-6", "-i", "eth0", "-port-errors"}, 3},
 		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 0},
+		{[]string{"-monitor", "-port", "53"}, 1},
 	} {
 		o, err := parseArgs(tc.args, nil)
 		if err != nil {
@@ -119,8 +132,14 @@ var jsonKeys = []struct{ name, typ string }{
 	{"udp_checksum", "number"},
 	{"len", "number"},
 	{"payload", "string"},
+	{"dscp", "number"},
+	{"ecn", "string"},
+	{"hlim", "number"},  // null for IPv4
 	{"error", "string"}, // error lines only
 }
+
+// ecnNames are the RFC 3168 names of the ECN codepoints, by value.
+var ecnNames = []string{"Not-ECT", "ECT(1)", "ECT(0)", "CE"}
 
 // checkSchema checks one -json line against the contract and returns it
 // decoded: numbers as float64, arrays as []any.
@@ -182,6 +201,9 @@ func checkSchema(t *testing.T, line string, isError bool) map[string]any {
 			}
 		case nil:
 			typ = "null"
+			if k.name == "hlim" && m["family"] == 4.0 {
+				typ = k.typ // IPv4 has no hop limit
+			}
 		}
 		if typ != k.typ {
 			t.Errorf("%s: %s %v, want a %s", k.name, typ, v, k.typ)
@@ -199,6 +221,18 @@ func checkSchema(t *testing.T, line string, isError bool) map[string]any {
 		if a, err := netip.ParseAddr(m[k].(string)); err != nil || a.Is4In6() {
 			t.Errorf("%s: %q is not a plain address: %v", k, m[k], err)
 		}
+	}
+	// The later fields agree with the ones they are derived from.
+	if tos, ok := m["tos"].(float64); ok {
+		if m["dscp"] != float64(uint8(tos)>>2) {
+			t.Errorf("dscp %v, but tos %v", m["dscp"], tos)
+		}
+		if m["ecn"] != ecnNames[uint8(tos)&3] {
+			t.Errorf("ecn %v, but tos %v", m["ecn"], tos)
+		}
+	}
+	if m["family"] == 6.0 && m["hlim"] != m["ttl"] {
+		t.Errorf("IPv6 hlim %v, ttl %v: want the same", m["hlim"], m["ttl"])
 	}
 	if isError && m["error"] == "" {
 		t.Errorf("error line with an empty error")
@@ -304,19 +338,19 @@ func TestRecord(t *testing.T) {
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":4,` +
 				`"src":"192.0.2.1","sport":5353,"dst":"198.51.100.7","dport":9001,"ttl":64,"tos":185,` +
 				`"id":4660,"df":true,"flow":0,"ip_options":"94040000","ext_headers":[],"fragments":1,` +
-				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"68656c6c6f"}`},
+				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"68656c6c6f","dscp":46,"ecn":"ECT(1)","hlim":null}`},
 		{"ipv6", udpstream.Packet[[]byte]{Value: []byte{0, 0xff}, Header: h6},
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":6,` +
 				`"src":"2001:db8::1","sport":5353,"dst":"2001:db8::2","dport":9001,"ttl":64,"tos":185,` +
 				`"id":16909060,"df":false,"flow":703710,"ip_options":"","ext_headers":[0,60,44],"fragments":3,` +
-				`"udp_len":13,"udp_checksum":48879,"len":2,"payload":"00ff"}`},
+				`"udp_len":13,"udp_checksum":48879,"len":2,"payload":"00ff","dscp":46,"ecn":"ECT(1)","hlim":64}`},
 		// The library hands over no payload with a datagram to another
 		// port: len comes from the UDP header.
 		{"port error", udpstream.Packet[[]byte]{Header: testHeader(), Err: udpstream.ErrNotDestPort},
 			`{"time":"2024-05-06T07:08:09.123456789Z","ifindex":7,"ifname":"eth0","family":4,` +
 				`"src":"192.0.2.1","sport":5353,"dst":"198.51.100.7","dport":9001,"ttl":64,"tos":185,` +
 				`"id":4660,"df":true,"flow":0,"ip_options":"","ext_headers":[],"fragments":1,` +
-				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"",` +
+				`"udp_len":13,"udp_checksum":48879,"len":5,"payload":"","dscp":46,"ecn":"ECT(1)","hlim":null,` +
 				`"error":"udpstream: datagram not for the listened port"}`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -359,7 +393,7 @@ func TestText(t *testing.T) {
 	}
 	want := []string{
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len     5  "hello"`,
-		`2024-05-06T07:08:09.123456Z  if1      IPv6  [::1]:40000 → [::1]:9001                       ttl   1  tos 0x02 dscp  0 ECT(0)   flow 0x12345      len     8  "a\"b\\c\n\x00\xff"`,
+		`2024-05-06T07:08:09.123456Z  if1      IPv6  [::1]:40000 → [::1]:9001                      hlim   1  tos 0x02 dscp  0 ECT(0)   flow 0x12345      len     8  "a\"b\\c\n\x00\xff"`,
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len    40  "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"…`,
 		`2024-05-06T07:08:09.123456Z  eth0     IPv4  192.0.2.1:5353 → 198.51.100.7:9001             ttl  64  tos 0xb9 dscp 46 ECT(1)   id 4660 DF        len     5  error: udpstream: datagram not for the listened port`,
 	}
@@ -367,9 +401,12 @@ func TestText(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("got\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
-	// The columns line up across families.
-	col := func(s, sub string) int { return len([]rune(s[:strings.Index(s, sub)])) }
-	for _, sub := range []string{"ttl", "tos", "len"} {
+	// The columns line up across families, the values of ttl and hlim too.
+	col := func(s, sub string) int { return len([]rune(s[:strings.Index(s, sub)])) + len(sub) }
+	if a, b := col(got[0], "ttl"), col(got[1], "hlim"); a != b {
+		t.Errorf("ttl value at %d in the IPv4 line, hlim value at %d in the IPv6 line", a, b)
+	}
+	for _, sub := range []string{"tos", "len"} {
 		if a, b := col(got[0], sub), col(got[1], sub); a != b {
 			t.Errorf("column %q at %d in the IPv4 line, %d in the IPv6 line", sub, a, b)
 		}
@@ -488,3 +525,75 @@ func TestPreview(t *testing.T) {
 		}
 	}
 }
+
+func TestSummary(t *testing.T) {
+	for _, tc := range []struct {
+		st        udpstream.Stats
+		delivered uint64
+		want      string
+	}{
+		{udpstream.Stats{}, 0, "udpstream: 0 datagrams delivered\n" +
+			"udpstream: 0 datagrams dropped\n" +
+			"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7,
+			"udpstream: 7 datagrams delivered\n" +
+				"udpstream: 3 datagrams dropped: 2 to another port, 1 bad UDP checksum\n" +
+				"udpstream: 1 frame dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1,
+			"udpstream: 1 datagram delivered, 1 decoder error\n" +
+				"udpstream: 1 datagram dropped: 1 reassembly timed out\n" +
+				"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+	} {
+		got := string(appendSummary(nil, tc.st, tc.delivered))
+		if got != tc.want {
+			t.Errorf("summary of %+v:\n%s\nwant\n%s", tc.st, got, tc.want)
+		}
+		for _, l := range strings.Split(strings.TrimSuffix(got, "\n"), "\n") {
+			if !strings.HasPrefix(l, "udpstream: ") || json.Valid([]byte(l)) {
+				t.Errorf("summary line %q: want the tool's prefix, and no JSON", l)
+			}
+		}
+	}
+}
+
+// TestSummaryReasons checks that the summary names every drop counter of
+// the library, one at a time, so that a counter added to Stats cannot go
+// missing from it.
+func TestSummaryReasons(t *testing.T) {
+	st := reflect.TypeFor[udpstream.Stats]()
+	for f := range st.Fields() {
+		var s udpstream.Stats
+		reflect.ValueOf(&s).Elem().FieldByIndex(f.Index).SetUint(5)
+		if s.Dropped() == 0 {
+			continue // not a drop: delivered, decode errors, pending
+		}
+		var named uint64
+		for _, r := range dropReasons {
+			named += r.count(s)
+		}
+		if named+s.KernelDrops != s.Dropped() {
+			t.Errorf("Stats.%s is a drop reason the summary does not name", f.Name)
+		}
+	}
+}
+
+// summaryRE matches the summary's first line.
+var summaryRE = regexp.MustCompile(`^udpstream: ([0-9]+) datagrams? delivered`)
+
+// checkSummary checks that stderr starts with the exit summary, with the
+// number of datagrams delivered, and returns what follows it.
+func checkSummary(t *testing.T, stderr []string, delivered int) []string {
+	t.Helper()
+	if len(stderr) < 3 {
+		t.Fatalf("stderr %q, want the three lines of the summary", stderr)
+	}
+	m := summaryRE.FindStringSubmatch(stderr[0])
+	if m == nil || m[1] != strconv.Itoa(delivered) ||
+		!strings.Contains(stderr[1], "dropped") || !strings.Contains(stderr[2], "dropped by the kernel") {
+		t.Errorf("summary %q, want %d delivered", stderr[:3], delivered)
+	}
+	return stderr[3:]
+}
+
+// hexOf is s as the -json payload field spells it.
+func hexOf(s string) string { return hex.EncodeToString([]byte(s)) }

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -28,6 +29,17 @@ func TestSetupError(t *testing.T) {
 	const want = "udpstream: no interface \"no-such-if-x\" (see ip link)\n"
 	if msg := stderr.String(); msg != want {
 		t.Errorf("stderr %q, want %q", msg, want)
+	}
+}
+
+// A capture file that cannot be created is a runtime error, said before
+// anything listens.
+func TestCaptureFileError(t *testing.T) {
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"-port", "9", "-w", "/nonexistent-dir/x.pcapng"}, &stdout, &stderr)
+	const want = "udpstream: -w: open /nonexistent-dir/x.pcapng: no such file or directory\n"
+	if code != exitRuntime || stderr.String() != want || stdout.Len() != 0 {
+		t.Errorf("exit %d, stderr %q, stdout %q; want %d and %q", code, stderr.String(), stdout.String(), exitRuntime, want)
 	}
 }
 
@@ -80,13 +92,11 @@ func TestRunJSON(t *testing.T) {
 		delete(want, from)
 		checkDatagram(t, m, w)
 	}
-	if code, stdout, stderr := p.wait(t); code != exitOK || len(stdout) != 0 || len(stderr) != 0 {
+	code, stdout, stderr := p.wait(t)
+	if rest := checkSummary(t, stderr, 3); code != exitOK || len(stdout) != 0 || len(rest) != 0 {
 		t.Errorf("after -count 3: exit %d, more stdout %q, stderr %q", code, stdout, stderr)
 	}
 }
-
-// hexOf is s as the -json payload field spells it.
-func hexOf(s string) string { return hex.EncodeToString([]byte(s)) }
 
 // TestRunPortErrors checks that -port-errors prints a datagram to another
 // port as an error line, which -count does not count, and -stats as a drop.
@@ -142,7 +152,7 @@ func TestRunCancel(t *testing.T) {
 	s := sender(t, "udp6", sendOpts{ttl: 9})
 	send(t, s, loopback("udp6", port), []byte("first"))
 	l := next(t, p.stdout, "stdout")
-	if !strings.Contains(l, "[::1]:") || !strings.Contains(l, `"first"`) || !strings.Contains(l, "ttl   9") {
+	if !strings.Contains(l, "[::1]:") || !strings.Contains(l, `"first"`) || !strings.Contains(l, "hlim   9") {
 		t.Errorf("line %q", l)
 	}
 	for range 200 {
@@ -184,7 +194,8 @@ func TestRunEcho(t *testing.T) {
 		}
 		next(t, p.stdout, "stdout")
 	}
-	if code, _, stderr := p.wait(t); code != exitOK || len(stderr) != 0 {
+	code, _, stderr := p.wait(t)
+	if rest := checkSummary(t, stderr, 2); code != exitOK || len(rest) != 0 {
 		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 }
@@ -288,10 +299,61 @@ func TestRunInterfaceGone(t *testing.T) {
 	p.port(t)
 	ip("link", "del", "gone0")
 	code, stdout, stderr := p.wait(t)
-	if code != exitRuntime || len(stdout) != 0 || len(stderr) != 1 {
-		t.Fatalf("exit %d, stdout %q, stderr %q; want %d and one line", code, stdout, stderr, exitRuntime)
+	// The summary says what it had received before it failed.
+	if stderr = checkSummary(t, stderr, 0); code != exitRuntime || len(stdout) != 0 || len(stderr) != 1 {
+		t.Fatalf("exit %d, stdout %q, stderr %q; want %d and one line after the summary", code, stdout, stderr, exitRuntime)
 	}
 	if msg := stderr[0]; !strings.HasPrefix(msg, "udpstream: ") || strings.Count(msg, "udpstream:") != 1 || !strings.Contains(msg, "is gone") {
 		t.Errorf("stderr %q, want one line saying the interface is gone, prefixed once", msg)
+	}
+}
+
+// TestRunMonitor checks -monitor against a port another socket owns:
+// without it the tool says which flag to use, in one line; with it the
+// tool prints what the owner receives, and the owner still receives it.
+func TestRunMonitor(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	owner, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.IPv6Unspecified(), 0)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer owner.Close()
+	port := localAddr(owner).Port()
+	portFlag := strconv.Itoa(int(port))
+
+	var stdout, stderr bytes.Buffer
+	if code := run(context.Background(), []string{"-port", portFlag}, &stdout, &stderr); code != exitRuntime {
+		t.Errorf("on an owned port: exit %d, want %d", code, exitRuntime)
+	}
+	msg := stderr.String()
+	if strings.Count(msg, "\n") != 1 || !strings.Contains(msg, "-monitor") || strings.Contains(msg, "WithMonitor") ||
+		!strings.Contains(msg, "port "+portFlag+" is in use") {
+		t.Errorf("on an owned port: stderr %q, want one line naming the port and -monitor, not the library's option", msg)
+	}
+
+	p := startRun(t, "-monitor", "-port", portFlag, "-json", "-count", "2")
+	if got := p.port(t); got != port {
+		t.Errorf("listening on %d, want %d", got, port)
+	}
+	for _, network := range []string{"udp4", "udp6"} {
+		s := sender(t, network, sendOpts{ttl: 33})
+		payload := []byte("owned over " + network)
+		send(t, s, loopback(network, port), payload)
+		m := checkSchema(t, next(t, p.stdout, "stdout"), false)
+		if m["payload"] != hex.EncodeToString(payload) || m["ttl"] != 33.0 {
+			t.Errorf("%s: line %v", network, m)
+		}
+		owner.SetReadDeadline(time.Now().Add(waitTime))
+		buf := make([]byte, 100)
+		n, _, err := owner.ReadFromUDPAddrPort(buf)
+		if err != nil || !bytes.Equal(buf[:n], payload) {
+			t.Errorf("%s: the owner read %q, %v; want %q", network, buf[:n], err, payload)
+		}
+	}
+	code, rest, errLines := p.wait(t)
+	if after := checkSummary(t, errLines, 2); code != exitOK || len(rest) != 0 || len(after) != 0 {
+		t.Errorf("exit %d, more stdout %q, stderr %q", code, rest, errLines)
 	}
 }

@@ -115,6 +115,36 @@ func TestToolSignal(t *testing.T) {
 	}
 }
 
+// TestToolBurst checks the buffered output of the binary end to end: a
+// burst's lines, the last included, all reach the reader of the pipe
+// while the tool waits for traffic that does not come.
+func TestToolBurst(t *testing.T) {
+	bin := tool(t)
+	if !inNetns(t) {
+		return
+	}
+	p := startTool(t, bin, nil, "-port", "0", "-json")
+	port := p.port(t)
+	s := sender(t, "udp4", sendOpts{})
+	const n = 300
+	for i := range n {
+		send(t, s, loopback("udp4", port), []byte(strconv.Itoa(i)))
+	}
+	for i := range n {
+		m := checkSchema(t, next(t, p.stdout, "stdout"), false)
+		if m["payload"] != hexOf(strconv.Itoa(i)) {
+			t.Fatalf("line %d: %v", i, m)
+		}
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr := p.wait(t)
+	if rest := checkSummary(t, stderr, n); code != exitOK || len(stdout) != 0 || len(rest) != 0 {
+		t.Errorf("exit %d, more stdout %q, stderr %q", code, stdout, stderr)
+	}
+}
+
 // TestToolClosedStdout closes the reading end of the binary's stdout after
 // one line, as "| head -1" does: the binary stops, prints the stats and
 // exits 0, rather than dying of SIGPIPE with the stats unsaid.
@@ -211,10 +241,14 @@ func checkDemo(t *testing.T, p *proc, asJSON, ownNamespace bool) []string {
 			continue
 		}
 		l := stdout[i]
+		ttl := " ttl"
+		if family == 6 {
+			ttl = "hlim"
+		}
 		for _, want := range []string{
 			fmt.Sprintf("IPv%v  ", family),
 			netip.AddrPortFrom(d.addr, uint16(port)).String(),
-			fmt.Sprintf(" ttl %3d ", d.ttl),
+			fmt.Sprintf("%s %3d ", ttl, d.ttl),
 			fmt.Sprintf(" tos 0x%02x ", d.tos),
 			fmt.Sprintf(`"udpstream demo over IPv%v"`, family),
 		} {
