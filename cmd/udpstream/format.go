@@ -313,6 +313,9 @@ var dropReasons = []struct {
 	{"overlapping fragments", func(s udpstream.Stats) uint64 { return s.FragOverlap }},
 	{"reassembly timed out", func(s udpstream.Stats) uint64 { return s.FragTimeout }},
 	{"evicted from reassembly", func(s udpstream.Stats) uint64 { return s.FragEvicted }},
+	{"IP options the kernel refuses", func(s udpstream.Stats) uint64 { return s.BadOptions }},
+	{"martian source", func(s udpstream.Stats) uint64 { return s.Martian }},
+	{"fragments of mixed ECN", func(s udpstream.Stats) uint64 { return s.FragECN }},
 	{"still in the stream at exit", func(s udpstream.Stats) uint64 { return s.Abandoned }},
 }
 
