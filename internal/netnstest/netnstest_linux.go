@@ -8,6 +8,7 @@ package netnstest
 
 import (
 	"bytes"
+	"flag"
 	"fmt"
 	"os"
 	"os/exec"
@@ -49,6 +50,11 @@ func RunChild(t *testing.T, extra uintptr, env ...string) {
 	args := []string{"-test.run=^" + regexp.QuoteMeta(t.Name()) + "$", "-test.v", "-test.count=1"}
 	if testing.Short() {
 		args = append(args, "-test.short")
+	}
+	// The child's own default timeout would cut short a test given more
+	// time (a long soak) on the parent's command line.
+	if f := flag.Lookup("test.timeout"); f != nil {
+		args = append(args, "-test.timeout="+f.Value.String())
 	}
 	cmd := exec.Command(os.Args[0], args...)
 	cmd.Env = append(os.Environ(), RaceEnv())
