@@ -76,7 +76,10 @@ type Stream[T any] struct {
 // Open is Listen with a handle. The stream runs until ctx is done, Close is
 // called, or it fails; the channel is then closed once, after every
 // goroutine of the stream has returned. Open fails with an error wrapping
-// os.ErrPermission when the process lacks CAP_NET_RAW.
+// os.ErrPermission when the process lacks CAP_NET_RAW, or
+// CAP_NET_BIND_SERVICE for a port below net.ipv4.ip_unprivileged_port_start
+// (the error says how to grant them), and with one wrapping
+// syscall.ENODEV when the interface of WithInterface does not exist.
 func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Option) (*Stream[T], error) {
 	if dec == nil {
 		return nil, optionErr("nil decoder")
