@@ -111,8 +111,9 @@ func checkPacketSockets(reserve uint16) (int, error) {
 
 // openPacketSocket creates the socket of one family: filter first, then
 // the ring, then bind, so that nothing unfiltered is ever queued. With
-// group -1 the socket stands alone; with 0 it starts a fanout group; above
-// 0 it joins that group. It returns the group's id. fd is a packet socket
+// group noFanout the socket stands alone; with newFanout it starts a
+// fanout group; otherwise it joins the group of that id (0 is an id the
+// kernel gives out like any other). It returns the group's id. fd is a packet socket
 // from newPacketFD, which it takes over, or -1 to open one.
 func openPacketSocket(fd int, fam uint8, port uint16, ifIndex int, ringBytes int, group int, cfg *config) (_ *packetSocket, _ int, err error) {
 	if fd < 0 {
@@ -135,7 +136,7 @@ func openPacketSocket(fd int, fam uint8, port uint16, ifIndex int, ringBytes int
 	if err != nil {
 		return nil, 0, err
 	}
-	if group > 0 {
+	if group >= 0 {
 		// Between bind and joining the group the socket would receive on
 		// its own, duplicating what the group delivers: it keeps nothing
 		// until it has joined.
@@ -191,7 +192,7 @@ func openPacketSocket(fd int, fam uint8, port uint16, ifIndex int, ringBytes int
 	if err := unix.Bind(fd, sa); err != nil {
 		return nil, 0, os.NewSyscallError("bind", err)
 	}
-	if group >= 0 {
+	if group != noFanout {
 		if group, err = joinFanout(fd, group); err != nil {
 			return nil, 0, err
 		}
@@ -376,12 +377,18 @@ func attachFilter(fd int, prog []unix.SockFilter) error {
 	return nil
 }
 
+// Fanout groups of openPacketSocket, besides the ids the kernel gives.
+const (
+	noFanout  = -1 // the socket stands alone
+	newFanout = -2 // the socket starts a group whose id the kernel picks
+)
+
 // joinFanout adds a bound socket to the PACKET_FANOUT group id or, with id
-// 0, to a new group whose id the kernel picks. It returns the id.
+// newFanout, to a new group whose id the kernel picks. It returns the id.
 func joinFanout(fd, id int) (int, error) {
 	flags := unix.PACKET_FANOUT_HASH
-	if id == 0 {
-		flags |= unix.PACKET_FANOUT_FLAG_UNIQUEID
+	if id == newFanout {
+		id, flags = 0, flags|unix.PACKET_FANOUT_FLAG_UNIQUEID
 	}
 	if err := unix.SetsockoptInt(fd, unix.SOL_PACKET, unix.PACKET_FANOUT, id|flags<<16); err != nil {
 		return 0, os.NewSyscallError("setsockopt PACKET_FANOUT", err)

@@ -1161,3 +1161,76 @@ func settled[T any](t *testing.T, s *Stream[T]) Stats {
 	t.Helper()
 	return waitStats(t, s, func(st Stats) bool { return st.Pending == 0 })
 }
+
+// TestFanoutGroupZero joins a fanout group whose id is 0, as the first
+// group the kernel gives out after boot is: the joining socket must share
+// the group, not start one of its own (which would receive every datagram
+// a second time).
+func TestFanoutGroupZero(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	reserve, err := net.ListenPacket("udp4", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reserve.Close()
+	port := uint16(reserve.LocalAddr().(*net.UDPAddr).Port)
+	// The first member, in group 0 of this namespace.
+	first, err := newPacketFD()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unix.Close(first)
+	prog, err := portFilter(4, port, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := attachFilter(first, prog); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Bind(first, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_IP)}); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.SetsockoptInt(first, unix.SOL_PACKET, unix.PACKET_FANOUT, 0|unix.PACKET_FANOUT_HASH<<16); err != nil {
+		t.Fatalf("PACKET_FANOUT id 0: %v", err)
+	}
+	cfg := defaultConfig()
+	ps, id, err := openPacketSocket(-1, 4, port, 0, minBufferSize, 0, &cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ps.close()
+	if id != 0 {
+		t.Fatalf("joined group %d, want 0", id)
+	}
+	// Datagrams of many flows: each reaches one member of the group.
+	const n = 64
+	for range n {
+		c := udpSender(t, "udp4", 64, 0)
+		sendTo(t, c, "127.0.0.1", port, []byte("x"))
+		c.Close()
+	}
+	time.Sleep(50 * time.Millisecond)
+	got := 0
+	buf := make([]byte, 2048)
+	for {
+		if _, _, err := unix.Recvfrom(first, buf, unix.MSG_DONTWAIT); err != nil {
+			break
+		}
+		got++
+	}
+	var m frameMeta
+	for {
+		_, _, _, ok := ps.peek(&m)
+		if !ok {
+			break
+		}
+		ps.release()
+		got++
+	}
+	if got != n {
+		t.Fatalf("the group's two members received %d datagrams of %d", got, n)
+	}
+}

@@ -79,9 +79,9 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	}
 	ringBytes := max(cfg.bufferSize/cfg.fanout, minBufferSize)
 	for _, fam := range cfg.families() {
-		group := -1 // no group
+		group := noFanout
 		if cfg.fanout > 1 {
-			group = 0 // a new one
+			group = newFanout
 		}
 		for range cfg.fanout {
 			fd := s.spare
