@@ -259,6 +259,7 @@ func TestCloseCounts(t *testing.T) {
 			if st.Delivered+st.DecodeErrors+st.Dropped() != sent+1 || st.Abandoned != sent+1-st.Delivered || st.Abandoned < sent-handoffBatch {
 				t.Fatalf("sent %d datagrams and a fragment: delivered %d + dropped %d; %+v", sent, st.Delivered, st.Dropped(), st)
 			}
+			t.Logf("%s: sent %d datagrams and the first fragment of one more: delivered %d, abandoned %d", how, sent, st.Delivered, st.Abandoned)
 		})
 	}
 }
