@@ -78,6 +78,8 @@ type captureMeasurement struct {
 	// From the end of the burst until the file and the process's CPU
 	// time had stopped growing, the quiet period excluded.
 	SettleNS int64 `json:"settle_ns"`
+	// The capture process's CPU time, user and system, over its life.
+	CPUNS int64 `json:"cpu_ns"`
 	// The process's own account on stderr after it was stopped: the
 	// udpstream summary, tcpdump's captured / received / dropped.
 	Said  []string `json:"said,omitempty"`
@@ -93,6 +95,7 @@ type captureSummary struct {
 	// median of those.
 	Ratios      []figure `json:"ratio_to_tcpdump_per_round"`
 	RatioMedian figure   `json:"ratio_to_tcpdump_median"`
+	CPUPerKept  figure   `json:"cpu_ns_per_kept_median"` // the process's whole CPU time over what it kept
 	Errors      []string `json:"errors,omitempty"`
 }
 
@@ -236,6 +239,9 @@ func (o *orchestrator) captureInto(m *captureMeasurement, v *vethLink, bin, dir 
 	defer func() {
 		said, serr := p.stop(10 * time.Second)
 		m.Said = said
+		if ps := p.cmd.ProcessState; ps != nil {
+			m.CPUNS = int64(ps.UserTime() + ps.SystemTime())
+		}
 		if err == nil && serr != nil {
 			err = serr
 		}
@@ -453,7 +459,7 @@ func (cr *captureReport) summarize(receivers []string) {
 		r.Summary = nil
 		for _, recv := range receivers {
 			s := captureSummary{Receiver: recv}
-			var kept []figure
+			var kept, cpus []figure
 			worst, rounds := missing, 0
 			for _, m := range r.Measurements {
 				if m.Receiver != recv {
@@ -465,6 +471,7 @@ func (cr *captureReport) summarize(receivers []string) {
 				}
 				s.Kept = append(s.Kept, m.Kept)
 				kept = append(kept, figure(m.Kept))
+				cpus = append(cpus, ratio(float64(m.CPUNS), float64(m.Kept)))
 				x := missing
 				if b, ok := base[m.Round]; ok {
 					x = ratio(float64(m.Kept), float64(b))
@@ -478,7 +485,7 @@ func (cr *captureReport) summarize(receivers []string) {
 				}
 				s.Ratios = append(s.Ratios, x)
 			}
-			s.Median, s.RatioMedian = median(kept), median(s.Ratios)
+			s.Median, s.RatioMedian, s.CPUPerKept = median(kept), median(s.Ratios), median(cpus)
 			r.Summary = append(r.Summary, s)
 			if recv != capTcpdump {
 				cr.Verdicts = append(cr.Verdicts, captureVerdict{
@@ -526,7 +533,7 @@ func (cr *captureReport) print(w io.Writer) {
 			head += fmt.Sprintf("round %d\tx\t", i+1)
 		}
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, head+"median\tx (median)\t")
+		fmt.Fprintln(tw, head+"median\tx (median)\tCPU ns/kept\t")
 		for _, s := range r.Summary {
 			line := s.Receiver + "\t"
 			for i := range rounds {
@@ -536,14 +543,14 @@ func (cr *captureReport) print(w io.Writer) {
 					line += "failed\t\t"
 				}
 			}
-			fmt.Fprintln(tw, line+fmt.Sprintf("%s\t%s\t", s.Median, s.RatioMedian))
+			fmt.Fprintln(tw, line+fmt.Sprintf("%s\t%s\t%s\t", s.Median, s.RatioMedian, s.CPUPerKept))
 		}
 		tw.Flush()
 		sent := uint64(0)
 		for _, m := range r.Measurements {
 			sent = max(sent, m.Sent)
 		}
-		fmt.Fprintf(w, "(kept of %d sent per round; x is the ratio to tcpdump's kept in the same round)\n", sent)
+		fmt.Fprintf(w, "(kept of %d sent per round; x is the ratio to tcpdump's kept in the same round; CPU is the capture process's, start to exit)\n", sent)
 		for _, s := range r.Summary {
 			if len(s.Errors) > 0 {
 				fmt.Fprintf(w, "  %s: %s\n", s.Receiver, strings.Join(s.Errors, "; "))
