@@ -73,6 +73,7 @@ type captureMeasurement struct {
 	Receiver string `json:"receiver"`
 	Round    int    `json:"round"`
 	Sent     uint64 `json:"sent"`
+	SendRate figure `json:"send_rate"` // datagrams per second the sender sent the burst at
 	fileCount
 	FileBytes int64 `json:"file_bytes"`
 	// From the end of the burst until the file and the process's CPU
@@ -271,7 +272,7 @@ func (o *orchestrator) captureInto(m *captureMeasurement, v *vethLink, bin, dir 
 	}
 	defer b.close()
 	sres, sendErr := b.blast(o.clock, cfg.count, time.Now().Add(cfg.timeout))
-	m.Sent = uint64(sres.Sent)
+	m.Sent, m.SendRate = uint64(sres.Sent), figure(sres.Rate)
 	if sendErr != nil {
 		return fmt.Errorf("sender: %w", sendErr)
 	}
@@ -547,10 +548,12 @@ func (cr *captureReport) print(w io.Writer) {
 		}
 		tw.Flush()
 		sent := uint64(0)
+		var rates []figure
 		for _, m := range r.Measurements {
 			sent = max(sent, m.Sent)
+			rates = append(rates, m.SendRate)
 		}
-		fmt.Fprintf(w, "(kept of %d sent per round; x is the ratio to tcpdump's kept in the same round; CPU is the capture process's, start to exit)\n", sent)
+		fmt.Fprintf(w, "(kept of %d sent per round at a median %s datagrams/s; x is the ratio to tcpdump's kept in the same round; CPU is the capture process's, start to exit)\n", sent, rateString(median(rates)))
 		for _, s := range r.Summary {
 			if len(s.Errors) > 0 {
 				fmt.Fprintf(w, "  %s: %s\n", s.Receiver, strings.Join(s.Errors, "; "))
