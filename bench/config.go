@@ -31,6 +31,8 @@ type config struct {
 	jsonOut    string
 	profileDir string
 	quick      bool
+	capture    bool          // the capture comparison instead of the receivers
+	quiet      time.Duration // a capture is quiet after this long without growth
 	verbose    bool
 	args       []string
 }
@@ -62,7 +64,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	sizes := fs.String("sizes", "64,1400", fmt.Sprintf("UDP payload sizes in bytes, comma-separated, up to %d", maxPayload))
 	families := fs.String("families", "4,6", "IP versions, comma-separated")
 	flood := fs.String("flood", "both", "runs without and with the flood: both, off or on")
-	receivers := fs.String("receivers", "all", "receivers to run, comma-separated, from: "+strings.Join(receiverNames, ","))
+	receivers := fs.String("receivers", "all", "receivers to run, comma-separated, from: "+strings.Join(receiverNames, ",")+
+		"; with -capture from: "+strings.Join(captureNames, ","))
 	fs.IntVar(&c.port, "port", 40000, "UDP port of the traffic; the three above it are used too")
 	fs.DurationVar(&c.idle, "idle", 300*time.Millisecond, "a receiver stops this long after its last datagram once the sender is done")
 	fs.DurationVar(&c.timeout, "timeout", time.Minute, "bound on each measurement's sending and receiving")
@@ -70,6 +73,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	fs.StringVar(&c.profileDir, "cpuprofile-dir", "", "write a CPU profile of every receiver process to `dir` (skews the figures a little)")
 	fs.BoolVar(&c.quick, "quick", false, fmt.Sprintf("smoke run: -count %d -rounds %d -pingpong %d unless set", quickCount, quickRounds, quickPingPong))
 	fs.BoolVar(&c.verbose, "v", false, "pass the children's standard error through")
+	fs.BoolVar(&c.capture, "capture", false, "compare the udpstream command's -json and -w files with tcpdump -w over a veth pair, instead of the receivers; "+
+		"-sizes 64 -families 4 unless set")
+	fs.DurationVar(&c.quiet, "quiet", 2*time.Second, "with -capture: a capture is stopped once its file and CPU time have not grown for this long")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
@@ -77,9 +83,18 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return c, usageErr(fs, "unexpected arguments: %q", fs.Args())
 	}
 	c.args = args
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if c.capture {
+		// The issue's burst: 64-byte datagrams over IPv4.
+		if !set["sizes"] {
+			*sizes = "64"
+		}
+		if !set["families"] {
+			*families = "4"
+		}
+	}
 	if c.quick {
-		set := map[string]bool{}
-		fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 		if !set["count"] {
 			c.count = quickCount
 		}
@@ -107,11 +122,15 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	default:
 		return c, usageErr(fs, "-flood: want both, off or on")
 	}
+	names := receiverNames
+	if c.capture {
+		names = captureNames
+	}
 	if *receivers == "all" {
-		c.receivers = receiverNames
+		c.receivers = names
 	} else {
 		for r := range strings.SplitSeq(*receivers, ",") {
-			if !slices.Contains(receiverNames, r) {
+			if !slices.Contains(names, r) {
 				return c, usageErr(fs, "-receivers: unknown receiver %q", r)
 			}
 			if !slices.Contains(c.receivers, r) {
@@ -128,8 +147,8 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 		return c, usageErr(fs, "-pingpong must not be negative")
 	case c.port < 1 || c.port > 65535-3:
 		return c, usageErr(fs, "-port must leave room for three ports above it")
-	case c.idle <= 0 || c.timeout <= 0:
-		return c, usageErr(fs, "-idle and -timeout must be positive")
+	case c.idle <= 0 || c.timeout <= 0 || c.quiet <= 0:
+		return c, usageErr(fs, "-idle, -quiet and -timeout must be positive")
 	}
 	return c, nil
 }

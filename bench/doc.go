@@ -7,7 +7,8 @@
 // It never uses the host's network. It re-executes itself in a new network
 // namespace (and a new user namespace when it is not root, which grants it
 // CAP_NET_RAW there), brings loopback up in it, and sends only to 127.0.0.1
-// and ::1 inside it.
+// and ::1 inside it; the capture comparison (below) sends over a veth pair
+// between it and a second namespace of its own.
 //
 // A sender calling sendmmsg(2) directly, 64 datagrams a call, sends a
 // fixed number of datagrams at full rate to each receiver in turn. Every
@@ -57,6 +58,46 @@
 // ratios in one round are the result. Pass/fail lines for the project's
 // targets follow the table, and everything is written as JSON to
 // -json-out, each measurement with its raw counts and times.
+//
+// # The capture comparison
+//
+//	cd bench && go run . -capture          # 3 rounds of 200,000 datagrams
+//	cd bench && go run . -capture -quick   # a smoke run
+//
+// -capture runs, instead of the receivers above, the udpstream command
+// (built once per bench run from ../cmd/udpstream) and tcpdump, each as a
+// process of its own, started as a user would start it:
+//
+//   - cmd-json: udpstream -port P -json > FILE
+//   - cmd-pcapng: udpstream -port P -w FILE, its lines to /dev/null
+//   - tcpdump: tcpdump -i bcap0 -w FILE udp dst port P, without -U:
+//     its default buffering is what users run. The bench holds the
+//     port meanwhile, as the command does, so that the kernel answers
+//     no datagram with ICMP.
+//
+// It needs root and tcpdump (Debian's package; CI installs it). The
+// traffic crosses a veth pair: the near end, bcap0 (10.201.0.1,
+// fd00:201::1), in the bench's namespace, where the captures run; the
+// far end in a second namespace the orchestrator creates for the
+// sender's socket alone, so that the datagrams come in from a link, as
+// from another host, and not through loopback. Both ends have permanent
+// neighbour entries, so that no datagram waits for ARP.
+//
+// Each round goes through every run (64-byte payloads over IPv4 unless
+// -sizes and -families say otherwise) and within it through the three
+// captures, the order rotated by one each round. Each capture is started
+// and waited for until it says it listens on its standard error; then the
+// sender blasts the burst; once the capture's file and its CPU time have
+// not grown for -quiet (2 s, longer than tcpdump's 1 s ring block
+// timeout), the capture is stopped with SIGINT, as with Ctrl-C, and its
+// file counted with the bench's own readers (JSON lines; pcap and pcapng).
+// The table gives what each kept per round, the median, the ratio to
+// tcpdump's kept in the same round, and the capture process's CPU time
+// per datagram kept; the verdict "command keeps at least as many as
+// tcpdump -w" is judged per output kind and passes when the command kept
+// at least as many as tcpdump in every round. All of it, with what each
+// tool said of its own drops when it stopped, goes into the JSON
+// results, under "capture".
 //
 // The receiver role takes -cpuprofile; -cpuprofile-dir DIR makes every
 // receiver process write one, named after its run, receiver and round.

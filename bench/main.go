@@ -25,6 +25,7 @@ const (
 const (
 	exitUsage       = 2
 	exitNoNamespace = 3 // the namespace could not be created
+	exitNoCapture   = 4 // -capture cannot run here: not root, or no tcpdump
 )
 
 func main() {

@@ -27,11 +27,39 @@ const envHostNetns = "UDPSTREAM_BENCH_HOST_NETNS"
 // returns the child's exit code, or exitNoNamespace when the namespace
 // cannot be made.
 func enterNamespace(args []string, stdout, stderr io.Writer) int {
-	if _, err := parseConfig(args, stderr); err != nil {
+	cfg, err := parseConfig(args, stderr)
+	if err != nil {
 		if errors.Is(err, errHelp) {
 			return 0
 		}
 		return exitUsage
+	}
+	var extraEnv []string
+	if cfg.capture {
+		if os.Getuid() != 0 {
+			// tcpdump gives up root for its own user, which a user
+			// namespace of one mapped uid does not have.
+			fmt.Fprintf(stderr, "bench: -capture runs tcpdump, which needs the bench to run as root\n")
+			return exitNoCapture
+		}
+		if _, err := exec.LookPath("tcpdump"); err != nil {
+			fmt.Fprintf(stderr, "bench: -capture needs tcpdump (Debian: apt-get install tcpdump): %v\n", err)
+			return exitNoCapture
+		}
+		// Built here, outside the namespace, where the go command has the
+		// network should it need it.
+		dir, err := os.MkdirTemp("", "udpstream-bench-cmd-")
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		bin, err := buildCommand(dir)
+		if err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		extraEnv = append(extraEnv, envCommand+"="+bin)
 	}
 	hostNetns, err := netnsInode()
 	if err != nil {
@@ -46,7 +74,7 @@ func enterNamespace(args []string, stdout, stderr io.Writer) int {
 	}
 	attr.Pdeathsig = syscall.SIGKILL
 	cmd := exec.Command("/proc/self/exe", args...)
-	cmd.Env = roleEnv(roleOrchestrator, envHostNetns+"="+strconv.FormatUint(hostNetns, 10), "UDPSTREAM_BENCH_NAMESPACE="+mode)
+	cmd.Env = roleEnv(roleOrchestrator, append(extraEnv, envHostNetns+"="+strconv.FormatUint(hostNetns, 10), "UDPSTREAM_BENCH_NAMESPACE="+mode)...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = nil, stdout, stderr
 	cmd.SysProcAttr = attr
 	if err := cmd.Start(); err != nil {

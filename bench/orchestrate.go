@@ -96,7 +96,12 @@ func orchestrate(args []string, stdout, stderr io.Writer) int {
 		o.verbose = stderr
 	}
 	o.busy = startBusySampler(o.clock, 10*time.Millisecond)
-	rep := o.run()
+	var rep *report
+	if cfg.capture {
+		rep = o.runCapture()
+	} else {
+		rep = o.run()
+	}
 	if err := o.busy.close(); err != nil {
 		rep.Meta.Notes = append(rep.Meta.Notes, "reading /proc/stat: "+err.Error())
 	}

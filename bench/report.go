@@ -83,6 +83,8 @@ type report struct {
 	Runs     []runReport  `json:"runs"`
 	PingPong []pingReport `json:"ping_pong"`
 	Targets  []targetLine `json:"targets"`
+	// The capture comparison, with -capture (which runs nothing else).
+	Capture *captureReport `json:"capture,omitempty"`
 }
 
 // runReport is one run: every receiver's measurements over the rounds and
@@ -186,6 +188,9 @@ func (rep *report) evaluate() {
 		rep.PingPong[i].summarize()
 	}
 	rep.Targets = rep.judge()
+	if rep.Capture != nil {
+		rep.Capture.summarize(rep.Meta.Receivers)
+	}
 }
 
 func (r *runReport) summarize(recv string) summary {
@@ -323,6 +328,9 @@ func (rep *report) errorCount() int {
 			}
 		}
 	}
+	if rep.Capture != nil {
+		n += rep.Capture.errorCount()
+	}
 	return n
 }
 
@@ -333,6 +341,9 @@ func printReport(w io.Writer, rep *report) {
 	fmt.Fprintf(w, "load average %s at the start, %s at the end; %.0f s\n", m.LoadStart, m.LoadEnd, m.Seconds)
 	fmt.Fprintf(w, "%d datagrams per receiver, run and round; %d rounds; ratios are to %s in the same round (median over rounds)\n",
 		m.Count, m.Rounds, m.Baseline)
+	if rep.Capture != nil {
+		rep.Capture.print(w)
+	}
 	for _, r := range rep.Runs {
 		fmt.Fprintf(w, "\n== %s ==\n", r.title())
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)

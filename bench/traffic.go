@@ -57,7 +57,18 @@ type blaster struct {
 // the first and last byte.
 const payloadByte = 0xa5
 
-func newBlaster(family int, dst netip.AddrPort, size int) (_ *blaster, err error) {
+func newBlaster(family int, dst netip.AddrPort, size int) (*blaster, error) {
+	return newBlasterFrom(loopback(family), dst, size)
+}
+
+// newBlasterFrom is newBlaster with the source address src, of dst's
+// family. The socket belongs to the network namespace of the calling
+// thread.
+func newBlasterFrom(src netip.Addr, dst netip.AddrPort, size int) (_ *blaster, err error) {
+	family := 4
+	if dst.Addr().Is6() {
+		family = 6
+	}
 	domain := unix.AF_INET
 	if family == 6 {
 		domain = unix.AF_INET6
@@ -82,14 +93,14 @@ func newBlaster(family int, dst netip.AddrPort, size int) (_ *blaster, err error
 	}
 	port := [2]byte{byte(dst.Port() >> 8), byte(dst.Port())} // network order
 	if family == 6 {
-		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: loopback(6).As16()}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrInet6{Addr: src.As16()}); err != nil {
 			return nil, os.NewSyscallError("bind", err)
 		}
 		sa := unix.RawSockaddrInet6{Family: unix.AF_INET6, Addr: dst.Addr().As16()}
 		sa.Port = *(*uint16)(unsafe.Pointer(&port))
 		b.to = unsafe.Slice((*byte)(unsafe.Pointer(&sa)), unix.SizeofSockaddrInet6)
 	} else {
-		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: loopback(4).As4()}); err != nil {
+		if err := unix.Bind(fd, &unix.SockaddrInet4{Addr: src.As4()}); err != nil {
 			return nil, os.NewSyscallError("bind", err)
 		}
 		sa := unix.RawSockaddrInet4{Family: unix.AF_INET, Addr: dst.Addr().As4()}
