@@ -8,6 +8,7 @@ import (
 	"net"
 	"strconv"
 	"time"
+	"unicode/utf8"
 
 	"github.com/udpstream/udpstream"
 )
@@ -46,85 +47,92 @@ func (pr *printer) packet(p udpstream.Packet[[]byte]) error {
 func (pr *printer) line(p udpstream.Packet[[]byte]) ([]byte, error) {
 	name := pr.names.name(p.Header.IfIndex, time.Now())
 	if pr.json {
-		b, err := json.Marshal(newRecord(p, name))
-		if err != nil {
-			return nil, err
-		}
-		pr.buf = append(append(pr.buf[:0], b...), '\n')
+		pr.buf = append(appendRecord(pr.buf[:0], p, name), '\n')
 	} else {
 		pr.buf = appendText(pr.buf[:0], p, name)
 	}
 	return pr.buf, nil
 }
 
-// record is the -json line. The field names and types are a contract
-// that scripts parse: every key is always present except error, which only
-// error lines carry.
-type record struct {
-	Time        string `json:"time"`
-	IfIndex     int    `json:"ifindex"`
-	IfName      string `json:"ifname"`
-	Family      int    `json:"family"`
-	Src         string `json:"src"`
-	Sport       uint16 `json:"sport"`
-	Dst         string `json:"dst"`
-	Dport       uint16 `json:"dport"`
-	TTL         uint8  `json:"ttl"`
-	TOS         uint8  `json:"tos"`
-	ID          uint32 `json:"id"`
-	DF          bool   `json:"df"`
-	Flow        uint32 `json:"flow"`
-	IPOptions   string `json:"ip_options"`
-	ExtHeaders  []int  `json:"ext_headers"` // []int: a []uint8 would encode as base64
-	Fragments   int    `json:"fragments"`
-	UDPLen      uint16 `json:"udp_len"`
-	UDPChecksum uint16 `json:"udp_checksum"`
-	Len         int    `json:"len"`
-	Payload     string `json:"payload"`
-	// Added after the first release, after the others so that every
-	// earlier key keeps its place in the line.
-	DSCP  uint8  `json:"dscp"`
-	ECN   string `json:"ecn"`  // RFC 3168 name
-	HLim  *uint8 `json:"hlim"` // IPv6 hop limit; null for IPv4
-	Error string `json:"error,omitempty"`
-}
-
-func newRecord(p udpstream.Packet[[]byte], ifname string) record {
+// appendRecord appends p's -json object, exactly as encoding/json writes
+// newRecord's, without its reflection and allocations: at high rates the
+// encoding was most of the tool's cost per datagram.
+func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	h := p.Header
-	r := record{
-		Time:        h.Time.UTC().Format(jsonTime),
-		IfIndex:     h.IfIndex,
-		IfName:      ifname,
-		Family:      int(h.Version),
-		Src:         h.Src.Addr().String(),
-		Sport:       h.Src.Port(),
-		Dst:         h.Dst.Addr().String(),
-		Dport:       h.Dst.Port(),
-		TTL:         h.TTL,
-		TOS:         h.TOS,
-		ID:          h.ID,
-		DF:          h.DF,
-		Flow:        h.FlowLabel,
-		IPOptions:   hex.EncodeToString(h.Options),
-		ExtHeaders:  make([]int, len(h.ExtHeaders)),
-		Fragments:   h.Fragments,
-		UDPLen:      h.UDPLength,
-		UDPChecksum: h.UDPChecksum,
-		Len:         payloadLen(p),
-		Payload:     hex.EncodeToString(p.Value),
-		DSCP:        h.DSCP(),
-		ECN:         h.ECN().String(),
-	}
-	if h.Version == 6 {
-		r.HLim = &h.TTL
-	}
+	b = append(b, `{"time":"`...)
+	b = h.Time.UTC().AppendFormat(b, jsonTime)
+	b = append(b, `","ifindex":`...)
+	b = strconv.AppendInt(b, int64(h.IfIndex), 10)
+	b = append(b, `,"ifname":`...)
+	b = appendJSONString(b, ifname)
+	b = append(b, `,"family":`...)
+	b = strconv.AppendUint(b, uint64(h.Version), 10)
+	b = append(b, `,"src":"`...)
+	b = h.Src.Addr().AppendTo(b)
+	b = append(b, `","sport":`...)
+	b = strconv.AppendUint(b, uint64(h.Src.Port()), 10)
+	b = append(b, `,"dst":"`...)
+	b = h.Dst.Addr().AppendTo(b)
+	b = append(b, `","dport":`...)
+	b = strconv.AppendUint(b, uint64(h.Dst.Port()), 10)
+	b = append(b, `,"ttl":`...)
+	b = strconv.AppendUint(b, uint64(h.TTL), 10)
+	b = append(b, `,"tos":`...)
+	b = strconv.AppendUint(b, uint64(h.TOS), 10)
+	b = append(b, `,"id":`...)
+	b = strconv.AppendUint(b, uint64(h.ID), 10)
+	b = append(b, `,"df":`...)
+	b = strconv.AppendBool(b, h.DF)
+	b = append(b, `,"flow":`...)
+	b = strconv.AppendUint(b, uint64(h.FlowLabel), 10)
+	b = append(b, `,"ip_options":"`...)
+	b = hex.AppendEncode(b, h.Options)
+	b = append(b, `","ext_headers":[`...)
 	for i, x := range h.ExtHeaders {
-		r.ExtHeaders[i] = int(x)
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = strconv.AppendUint(b, uint64(x), 10)
+	}
+	b = append(b, `],"fragments":`...)
+	b = strconv.AppendInt(b, int64(h.Fragments), 10)
+	b = append(b, `,"udp_len":`...)
+	b = strconv.AppendUint(b, uint64(h.UDPLength), 10)
+	b = append(b, `,"udp_checksum":`...)
+	b = strconv.AppendUint(b, uint64(h.UDPChecksum), 10)
+	b = append(b, `,"len":`...)
+	b = strconv.AppendInt(b, int64(payloadLen(p)), 10)
+	b = append(b, `,"payload":"`...)
+	b = hex.AppendEncode(b, p.Value)
+	b = append(b, `","dscp":`...)
+	b = strconv.AppendUint(b, uint64(h.DSCP()), 10)
+	b = append(b, `,"ecn":"`...)
+	b = append(b, h.ECN().String()...)
+	b = append(b, `","hlim":`...)
+	if h.Version == 6 {
+		b = strconv.AppendUint(b, uint64(h.TTL), 10)
+	} else {
+		b = append(b, "null"...)
 	}
 	if p.Err != nil {
-		r.Error = p.Err.Error()
+		b = append(b, `,"error":`...)
+		b = appendJSONString(b, p.Err.Error())
 	}
-	return r
+	return append(b, '}')
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json
+// escapes it. Most strings need no escaping and take the short way.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s) // a string always encodes
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // payloadLen is the datagram's payload length. A packet carrying only an
@@ -148,19 +156,47 @@ const previewBytes = 32
 // IPv6 address or interface name widens its own line only.
 func appendText(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	h := p.Header
+	b = h.Time.UTC().AppendFormat(b, textTime)
+	b = append(b, "  "...)
+	col := len(b)
 	if ifname == "" {
-		ifname = "if" + strconv.Itoa(h.IfIndex)
+		b = append(b, "if"...)
+		b = strconv.AppendInt(b, int64(h.IfIndex), 10)
+	} else {
+		b = append(b, ifname...)
 	}
-	route := h.Src.String() + " → " + h.Dst.String()
+	b = padRight(b, col, 8)
+	b = append(b, " IPv"...)
+	b = strconv.AppendUint(b, uint64(h.Version), 10)
+	b = append(b, "  "...)
+	col = len(b)
+	b = h.Src.AppendTo(b)
+	b = append(b, " → "...)
+	b = h.Dst.AppendTo(b)
+	b = padRight(b, col, 45)
 	// IPv6 calls it the hop limit; the wider name takes the space before
 	// it, so that the IPv4 line is as it always was.
-	ttl := "ttl"
 	if h.Version == 6 {
-		ttl = "hlim"
+		b = append(b, " hlim "...)
+	} else {
+		b = append(b, "  ttl "...)
 	}
-	b = fmt.Appendf(b, "%s  %-8s IPv%d  %-45s %4s %3d  tos 0x%02x dscp %2d %-7s  %-16s  len %5d  ",
-		h.Time.UTC().Format(textTime), ifname, h.Version, route,
-		ttl, h.TTL, h.TOS, h.DSCP(), h.ECN(), identity(h), payloadLen(p))
+	b = appendNumber(b, uint64(h.TTL), 10, 3, ' ')
+	b = append(b, "  tos 0x"...)
+	b = appendNumber(b, uint64(h.TOS), 16, 2, '0')
+	b = append(b, " dscp "...)
+	b = appendNumber(b, uint64(h.DSCP()), 10, 2, ' ')
+	b = append(b, ' ')
+	col = len(b)
+	b = append(b, h.ECN().String()...)
+	b = padRight(b, col, 7)
+	b = append(b, "  "...)
+	col = len(b)
+	b = appendIdentity(b, h)
+	b = padRight(b, col, 16)
+	b = append(b, "  len "...)
+	b = appendNumber(b, uint64(payloadLen(p)), 10, 5, ' ')
+	b = append(b, "  "...)
 	if p.Err != nil {
 		b = append(b, "error: "...)
 		b = append(b, p.Err.Error()...)
@@ -170,39 +206,65 @@ func appendText(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	return append(b, '\n')
 }
 
-// identity is the readable line's column for what tells datagrams apart
-// and how they travelled: IPv4 ID and flags, or IPv6 flow label and
-// fragment ID; then fragments, options and extension headers if any.
-func identity(h udpstream.Header) string {
-	var s string
+// padRight pads what b holds from col with spaces to width characters,
+// as fmt's %-*s does.
+func padRight(b []byte, col, width int) []byte {
+	for n := utf8.RuneCount(b[col:]); n < width; n++ {
+		b = append(b, ' ')
+	}
+	return b
+}
+
+// appendNumber appends v in base, padded on the left with pad to width
+// digits, as fmt's %*d, %0*x and the like do.
+func appendNumber(b []byte, v uint64, base, width int, pad byte) []byte {
+	var digits [20]byte
+	d := strconv.AppendUint(digits[:0], v, base)
+	for n := len(d); n < width; n++ {
+		b = append(b, pad)
+	}
+	return append(b, d...)
+}
+
+// appendIdentity appends the readable line's column for what tells
+// datagrams apart and how they travelled: IPv4 ID and flags, or IPv6 flow
+// label and fragment ID; then fragments, options and extension headers if
+// any.
+func appendIdentity(b []byte, h udpstream.Header) []byte {
 	if h.Version == 4 {
-		s = "id " + strconv.FormatUint(uint64(h.ID), 10)
+		b = append(b, "id "...)
+		b = strconv.AppendUint(b, uint64(h.ID), 10)
 		if h.DF {
-			s += " DF"
+			b = append(b, " DF"...)
 		}
 		if h.MF {
-			s += " MF"
+			b = append(b, " MF"...)
 		}
 		if len(h.Options) > 0 {
-			s += " opt " + hex.EncodeToString(h.Options)
+			b = append(b, " opt "...)
+			b = hex.AppendEncode(b, h.Options)
 		}
 	} else {
-		s = fmt.Sprintf("flow 0x%05x", h.FlowLabel)
+		b = append(b, "flow 0x"...)
+		b = appendNumber(b, uint64(h.FlowLabel), 16, 5, '0')
 		if h.ID != 0 {
-			s += " frag-id " + strconv.FormatUint(uint64(h.ID), 10)
+			b = append(b, " frag-id "...)
+			b = strconv.AppendUint(b, uint64(h.ID), 10)
 		}
 		for i, x := range h.ExtHeaders {
-			sep := ","
 			if i == 0 {
-				sep = " ext "
+				b = append(b, " ext "...)
+			} else {
+				b = append(b, ',')
 			}
-			s += sep + strconv.Itoa(int(x))
+			b = strconv.AppendUint(b, uint64(x), 10)
 		}
 	}
 	if h.Fragments > 1 {
-		s += " frags " + strconv.Itoa(h.Fragments)
+		b = append(b, " frags "...)
+		b = strconv.AppendInt(b, int64(h.Fragments), 10)
 	}
-	return s
+	return b
 }
 
 // appendPreview appends the start of payload as a quoted string: printable

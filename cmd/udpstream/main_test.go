@@ -416,12 +416,12 @@ func TestText(t *testing.T) {
 func TestIdentity(t *testing.T) {
 	h := testHeader()
 	h.DF, h.MF, h.Fragments, h.Options = false, true, 2, []byte{1, 1, 1, 0}
-	if got, want := identity(h), "id 4660 MF opt 01010100 frags 2"; got != want {
+	if got, want := string(appendIdentity(nil, h)), "id 4660 MF opt 01010100 frags 2"; got != want {
 		t.Errorf("IPv4: %q, want %q", got, want)
 	}
 	h = testHeader()
 	h.Version, h.FlowLabel, h.ID, h.Fragments, h.ExtHeaders = 6, 1, 77, 3, []uint8{0, 44}
-	if got, want := identity(h), "flow 0x00001 frag-id 77 ext 0,44 frags 3"; got != want {
+	if got, want := string(appendIdentity(nil, h)), "flow 0x00001 frag-id 77 ext 0,44 frags 3"; got != want {
 		t.Errorf("IPv6: %q, want %q", got, want)
 	}
 }
