@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -111,7 +111,13 @@ type options struct {
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
 	top        bool
+	bufferKiB  int // -B: the kernel ring per family
 }
+
+// defaultBufferKiB is the command's kernel ring per address family: four
+// times the library's default, since a capture tool is run to keep a burst
+// whole, and the memory is the user's to trade (-B) as with tcpdump's.
+const defaultBufferKiB = 4 * udpstream.DefaultBufferSize >> 10
 
 // usageError is a command line the tool cannot act on.
 type usageError string
@@ -137,11 +143,12 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
 	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
+	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -163,6 +170,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-4 and -6 exclude each other: give one, or neither for both families")
 	case o.count < 0:
 		return o, usageError(fmt.Sprintf("-count %d: want a positive number, or 0 for no limit", o.count))
+	case o.bufferKiB < 128 || o.bufferKiB > 1<<20:
+		return o, usageError(fmt.Sprintf("-B %d: want 128 to 1048576 KiB", o.bufferKiB))
 	case slices.Contains(given, "i") && o.iface == "":
 		return o, usageError("-i needs an interface name (see ip link)")
 	case o.monitor && o.port == 0 && !o.demo:
@@ -191,7 +200,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 
 // streamOptions translates the command line into the library's options.
 func (o options) streamOptions() []udpstream.Option {
-	var opts []udpstream.Option
+	opts := []udpstream.Option{udpstream.WithBufferSize(o.bufferKiB << 10)}
 	if o.iface != "" {
 		opts = append(opts, udpstream.WithInterface(o.iface))
 	}

@@ -26,6 +26,7 @@ func TestUsageErrors(t *testing.T) {
 	}{
 		{[]string{"-4", "-6"}, "-4 and -6 exclude each other"},
 		{[]string{"-count", "-1"}, "-count -1: want a positive number"},
+		{[]string{"-B", "64"}, "-B 64: want 128 to 1048576 KiB"},
 		{[]string{"-port", "65536"}, "-port 65536: want 0 to 65535"},
 		{[]string{"-port", "-1"}, "-port -1: want 0 to 65535"},
 		{[]string{"-port", "http"}, `invalid value "http" for flag -port`},
@@ -79,11 +80,13 @@ func TestStreamOptions(t *testing.T) {
 		args []string
 		n    int
 	}{
-		{nil, 0},
-		{[]string{"-4"}, 1},
-		{[]string{"-6", "-i", "eth0", "-port-errors"}, 3},
-		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 0},
-		{[]string{"-monitor", "-port", "53"}, 1},
+		// The ring size is always one.
+		{nil, 1},
+		{[]string{"-4"}, 2},
+		{[]string{"-6", "-i", "eth0", "-port-errors"}, 4},
+		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 1},
+		{[]string{"-monitor", "-port", "53"}, 2},
+		{[]string{"-B", "2048"}, 1},
 	} {
 		o, err := parseArgs(tc.args, nil)
 		if err != nil {
