@@ -183,7 +183,8 @@ loop:
 // a datagram to dst whatever the host's addresses: a multicast or limited
 // broadcast source, and 0.0.0.0 except to a broadcast (a host without an
 // address asking, as DHCP does): net/ipv4/route.c, ip_route_input_slow;
-// or to a link-local group, 224.0.0.0/24: ip_mc_validate_source.
+// or to a link-local group, 224.0.0.0/24: ip_mc_validate_source. (Since
+// Linux 5.3 the rest of 0.0.0.0/8 is an ordinary source: ipv4_is_zeronet.)
 func martianSource4(src, dst netip.Addr) bool {
 	s := src.As4()
 	switch {
