@@ -79,6 +79,11 @@ type diffGen struct {
 	port uint16
 	id   uint32
 	fams []int // the IP versions to make datagrams of
+	// idBase offsets the IPv4 IDs, so that the seeds of one run use
+	// different ones: a datagram a seed left incomplete lives on for the
+	// reassembly timeout, and one of a later seed with its source and
+	// ID would meet its fragments.
+	idBase uint32
 	// solicitedLL is the solicited-node group of the receiving end's
 	// link-local address, if known.
 	solicitedLL netip.Addr
@@ -129,7 +134,7 @@ func (g *diffGen) next() diffCase {
 			h6.exts = g.extChain()
 		}
 	} else {
-		h4 = ip4{tos: g.byte(), ttl: g.byte(), id: uint16(g.id), src: g.src4(), dst: diffLocal4.As4()}
+		h4 = ip4{tos: g.byte(), ttl: g.byte(), id: uint16(g.idBase + g.id), src: g.src4(), dst: diffLocal4.As4()}
 		if g.chance(50) {
 			h4.fo = ipv4FlagDF
 		}
