@@ -20,6 +20,15 @@ var (
 	diffPrefix6 = "2001:db8::10/64"
 )
 
+// Multicast groups another socket of the test joins: on the link, and on
+// lo only (so not on the link).
+var (
+	diffJoined4   = netip.MustParseAddr("239.1.2.3")
+	diffJoined6   = netip.MustParseAddr("ff12::db8:1")
+	diffJoinedLo4 = netip.MustParseAddr("239.9.9.9")
+	diffJoinedLo6 = netip.MustParseAddr("ff05::db8:2")
+)
+
 // Link-layer destinations of a frame.
 const (
 	linkHost      = iota // the receiving interface's own MAC
@@ -69,10 +78,19 @@ type diffGen struct {
 	r    *rand.Rand
 	port uint16
 	id   uint32
+	fams []int // the IP versions to make datagrams of
+	// idBase offsets the IPv4 IDs, so that the seeds of one run use
+	// different ones: a datagram a seed left incomplete lives on for the
+	// reassembly timeout, and one of a later seed with its source and
+	// ID would meet its fragments.
+	idBase uint32
+	// solicitedLL is the solicited-node group of the receiving end's
+	// link-local address, if known.
+	solicitedLL netip.Addr
 }
 
-func newDiffGen(seed uint64, port uint16) *diffGen {
-	return &diffGen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), port: port}
+func newDiffGen(seed uint64, port uint16, fams []int) *diffGen {
+	return &diffGen{r: rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15)), port: port, fams: fams}
 }
 
 func (g *diffGen) intn(n int) int    { return g.r.IntN(n) }
@@ -104,6 +122,9 @@ func (g *diffGen) next() diffCase {
 	g.id++
 	c := diffCase{id: g.id}
 	v6 := g.chance(50)
+	if len(g.fams) == 1 {
+		v6 = g.fams[0] == 6
+	}
 	frag := g.chance(20)
 	var h4 ip4
 	var h6 ip6
@@ -113,7 +134,7 @@ func (g *diffGen) next() diffCase {
 			h6.exts = g.extChain()
 		}
 	} else {
-		h4 = ip4{tos: g.byte(), ttl: g.byte(), id: uint16(g.id), src: g.src4(), dst: diffLocal4.As4()}
+		h4 = ip4{tos: g.byte(), ttl: g.byte(), id: uint16(g.idBase + g.id), src: g.src4(), dst: diffLocal4.As4()}
 		if g.chance(50) {
 			h4.fo = ipv4FlagDF
 		}
@@ -588,10 +609,30 @@ var mutations = []mutation{
 		return linkHost
 	}, fragOK: true},
 	{name: "multicast destination", family: 6, post: func(g *diffGen, pkt *[]byte) int {
-		// Groups this host is in (all nodes, its solicited-node group)
-		// and groups it is not.
-		setDst(*pkt, netip.MustParseAddr(pick(g, "ff02::1", "ff02::2", "ff02::1:ff00:10", "ff01::1", "ff0e::1234", "ff02::1:ff00:99")))
-		return linkMulticast
+		// Groups the link's interface is in (all nodes, its
+		// solicited-node groups, one another socket joined), one only lo
+		// is in, groups of reserved and interface-local scope, and
+		// groups nobody joined.
+		groups := []string{"ff02::1", "ff02::2", "ff02::1:ff00:10", "ff01::1", "ff00::1", "ff0e::1234", "ff02::1:ff00:99", "ff02::1:3", diffJoined6.String(), diffJoinedLo6.String()}
+		if g.solicitedLL.IsValid() {
+			groups = append(groups, g.solicitedLL.String())
+		}
+		setDst(*pkt, netip.MustParseAddr(pick(g, groups...)))
+		if g.chance(20) {
+			setSrc(*pkt, netip.MustParseAddr(pick(g, "::", "::1", "fe80::1", "2001:db8::10")))
+		}
+		return pick(g, linkMulticast, linkMulticast, linkMulticast, linkHost, linkBroadcast)
+	}, fragOK: true},
+	{name: "multicast destination", family: 4, post: func(g *diffGen, pkt *[]byte) int {
+		// All hosts, a group another socket joined on the link, one only
+		// lo is in, groups nobody joined.
+		setDst(*pkt, netip.MustParseAddr(pick(g, "224.0.0.1", "224.0.0.2", "224.0.0.251", "232.1.1.1", "239.255.255.250", diffJoined4.String(), diffJoinedLo4.String())))
+		if g.chance(25) {
+			// Sources the kernel refuses to any group, or allows only to
+			// 224.0.0.0/24.
+			setSrc(*pkt, netip.MustParseAddr(pick(g, "0.0.0.0", "0.1.2.3", "127.0.0.1", "192.0.2.10", "192.0.2.255", "255.255.255.255")))
+		}
+		return pick(g, linkMulticast, linkMulticast, linkMulticast, linkHost, linkBroadcast)
 	}, fragOK: true},
 	{name: "source", post: func(g *diffGen, pkt *[]byte) int {
 		b := *pkt

@@ -25,24 +25,27 @@ import (
 // and a WithMonitor stream on the same port are given the same generated
 // frames (difftest_gen_test.go) on a veth link, and must agree on every
 // datagram: whether it is delivered, and with which addresses, ports,
-// TTL, TOS and payload.
+// TTL, TOS and payload. It runs again for each network: "udp4" is a
+// socket bound to 0.0.0.0:port and a stream WithNetwork("udp4"), "udp6"
+// one bound to [::]:port with IPV6_V6ONLY and a stream WithNetwork("udp6").
+// Another socket holds multicast memberships on the link and on lo.
 //
 // CI runs a few seeds; a long campaign is
 //
 //	go test -run '^TestDifferential$' -diff.seed=1000 -diff.seeds=50 -diff.frames=20000 -v .
 
 var (
-	diffSeed   = flag.Uint64("diff.seed", 1, "first seed of the differential test")
-	diffSeeds  = flag.Int("diff.seeds", 3, "number of seeds of the differential test")
-	diffFrames = flag.Int("diff.frames", 1500, "cases (datagrams) per seed of the differential test")
+	diffSeed     = flag.Uint64("diff.seed", 1, "first seed of the differential test")
+	diffSeeds    = flag.Int("diff.seeds", 3, "number of seeds of the differential test")
+	diffFrames   = flag.Int("diff.frames", 1500, "cases (datagrams) per seed of the differential test")
+	diffNetworks = flag.String("diff.networks", "udp,udp4,udp6", "the networks the differential test runs, comma-separated")
 )
 
 // diffKnown lists the differences the README names, with the reason: a
 // case whose category contains a key is reported but does not fail the
 // test.
 var diffKnown = map[string]string{
-	"ipv6 multicast destination": "issue #12: IPv6 multicast membership not yet followed",
-	", over 64 fragments":        "README: a datagram may come in at most 64 fragments",
+	", over 64 fragments": "README: a datagram may come in at most 64 fragments",
 }
 
 // diffObs is one datagram as a receiver delivered it.
@@ -99,8 +102,8 @@ func (r diffResult) verdict() string {
 	return ""
 }
 
-// kernelReceiver is a plain UDP socket bound to [::]:port, dual-stack,
-// reporting TTL, TOS and destination of each datagram.
+// kernelReceiver is a plain UDP socket bound to the unspecified address
+// of its network, reporting TTL, TOS and destination of each datagram.
 type kernelReceiver struct {
 	fd   int
 	port uint16
@@ -108,37 +111,51 @@ type kernelReceiver struct {
 	oob  []byte
 }
 
-func newKernelReceiver(t *testing.T) *kernelReceiver {
+// newKernelReceiver binds [::] dual-stack for "udp", 0.0.0.0 for "udp4"
+// and [::] IPv6-only for "udp6", each with the kernel's defaults
+// otherwise (IP_MULTICAST_ALL, IPV6_MULTICAST_ALL).
+func newKernelReceiver(t *testing.T, network string) *kernelReceiver {
 	t.Helper()
-	fd, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	family, sa := unix.AF_INET6, unix.Sockaddr(&unix.SockaddrInet6{})
+	if network == "udp4" {
+		family, sa = unix.AF_INET, &unix.SockaddrInet4{}
+	}
+	fd, err := unix.Socket(family, unix.SOCK_DGRAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { unix.Close(fd) })
-	for _, o := range [][2]int{
-		{unix.IPPROTO_IPV6, unix.IPV6_V6ONLY},
-	} {
-		if err := unix.SetsockoptInt(fd, o[0], o[1], 0); err != nil {
+	opts := [][2]int{{unix.IPPROTO_IP, unix.IP_RECVTTL}, {unix.IPPROTO_IP, unix.IP_RECVTOS}, {unix.IPPROTO_IP, unix.IP_PKTINFO}}
+	if family == unix.AF_INET6 {
+		v6only := 0
+		if network == "udp6" {
+			v6only = 1
+		}
+		if err := unix.SetsockoptInt(fd, unix.IPPROTO_IPV6, unix.IPV6_V6ONLY, v6only); err != nil {
 			t.Fatal(err)
 		}
+		opts = append(opts, [][2]int{{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT}, {unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS}, {unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO}}...)
 	}
-	for _, o := range [][2]int{
-		{unix.IPPROTO_IP, unix.IP_RECVTTL}, {unix.IPPROTO_IP, unix.IP_RECVTOS}, {unix.IPPROTO_IP, unix.IP_PKTINFO},
-		{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT}, {unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS}, {unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO},
-	} {
+	for _, o := range opts {
 		if err := unix.SetsockoptInt(fd, o[0], o[1], 1); err != nil {
 			t.Fatal(err)
 		}
 	}
 	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	if err := unix.Bind(fd, &unix.SockaddrInet6{}); err != nil {
+	if err := unix.Bind(fd, sa); err != nil {
 		t.Fatal(err)
 	}
-	sa, err := unix.Getsockname(fd)
-	if err != nil {
+	if sa, err = unix.Getsockname(fd); err != nil {
 		t.Fatal(err)
 	}
-	return &kernelReceiver{fd: fd, port: uint16(sa.(*unix.SockaddrInet6).Port), buf: make([]byte, 1<<16), oob: make([]byte, 512)}
+	port := 0
+	switch sa := sa.(type) {
+	case *unix.SockaddrInet6:
+		port = sa.Port
+	case *unix.SockaddrInet4:
+		port = sa.Port
+	}
+	return &kernelReceiver{fd: fd, port: uint16(port), buf: make([]byte, 1<<16), oob: make([]byte, 512)}
 }
 
 // read returns the next queued datagram, waiting up to d.
@@ -157,10 +174,13 @@ func (k *kernelReceiver) read(t *testing.T, d time.Duration) (diffObs, bool) {
 			t.Fatalf("recvmsg: %v", err)
 		}
 		o := diffObs{payload: slices.Clone(k.buf[:n]), ttl: -1, tos: -1}
-		if sa, ok := from.(*unix.SockaddrInet6); ok {
+		switch sa := from.(type) {
+		case *unix.SockaddrInet6:
 			// The kernel names the link of a link-local source by its
 			// index; the stream by the interface's name.
 			o.src = netip.AddrPortFrom(diffZoned(netip.AddrFrom16(sa.Addr), int(sa.ZoneId)), uint16(sa.Port))
+		case *unix.SockaddrInet4:
+			o.src = netip.AddrPortFrom(netip.AddrFrom4(sa.Addr), uint16(sa.Port))
 		}
 		msgs, err := unix.ParseSocketControlMessage(k.oob[:oobn])
 		if err != nil {
@@ -257,9 +277,9 @@ func TestDifferential(t *testing.T) {
 		netnstest.SkipOrFail(t, "the ip command (iproute2) is not installed")
 	}
 	if v := os.Getenv(diffEnv); v != "" {
-		fmt.Sscanf(v, "%d,%d,%d", diffSeed, diffSeeds, diffFrames)
+		fmt.Sscanf(v, "%d,%d,%d,%s", diffSeed, diffSeeds, diffFrames, diffNetworks)
 	}
-	if !netnstest.InNetns(t, fmt.Sprintf("%s=%d,%d,%d", diffEnv, *diffSeed, *diffSeeds, *diffFrames)) {
+	if !netnstest.InNetns(t, fmt.Sprintf("%s=%d,%d,%d,%s", diffEnv, *diffSeed, *diffSeeds, *diffFrames, *diffNetworks)) {
 		return
 	}
 	// One CPU's backlog for every frame: frames arrive in the order they
@@ -275,28 +295,124 @@ func TestDifferential(t *testing.T) {
 	// The sending end stays quiet: no IPv6 of its own (router
 	// solicitations, listener reports).
 	_ = os.WriteFile("/proc/sys/net/ipv6/conf/in1/disable_ipv6", []byte("1"), 0)
-	k := newKernelReceiver(t)
-	s := openT(t, k.port, Payload, WithMonitor(), WithChannelCapacity(4096))
-	link := &diffLink{in: in, hostMAC: in.dst}
-	waitReady(t, link, k, s)
-
-	failed := false
-	for seed := *diffSeed; seed < *diffSeed+uint64(*diffSeeds); seed++ {
-		if !runDiffSeed(t, link, k, s, seed, *diffFrames) {
-			failed = true
+	// Datagrams the generator leaves incomplete on purpose hold the
+	// kernel's reassembly memory for the whole timeout: over a long
+	// campaign they would fill ipfrag_high_thresh, after which the kernel
+	// refuses every fragment. A short timeout, which the streams read
+	// too, and a higher bound, the streams' too, keep both from that.
+	for name, v := range map[string]string{
+		"ipv4/ipfrag_high_thresh": strconv.Itoa(64 << 20), "ipv6/ip6frag_high_thresh": strconv.Itoa(64 << 20),
+		"ipv4/ipfrag_time": "5", "ipv6/ip6frag_time": "5",
+	} {
+		if err := os.WriteFile("/proc/sys/net/"+name, []byte(v), 0); err != nil {
+			t.Fatal(err)
 		}
 	}
-	if failed {
-		t.Fail()
+	joinDiffGroups(t)
+	link := &diffLink{in: in, hostMAC: in.dst}
+	solicited := solicitedLinkLocal(t, "in0")
+	for _, network := range strings.Split(*diffNetworks, ",") {
+		t.Run(network, func(t *testing.T) {
+			k := newKernelReceiver(t, network)
+			s := openT(t, k.port, Payload, WithMonitor(), WithChannelCapacity(4096), WithNetwork(network), WithReassembly(0, 64<<20, 0, 0))
+			fams := diffFamilies(network)
+			waitReady(t, link, k, s, fams)
+			failed := false
+			for seed := *diffSeed; seed < *diffSeed+uint64(*diffSeeds); seed++ {
+				g := newDiffGen(seed, k.port, fams)
+				g.solicitedLL = solicited
+				g.idBase = uint32(seed-*diffSeed) * uint32(*diffFrames)
+				if !runDiffSeed(t, link, k, s, g, seed, *diffFrames) {
+					failed = true
+				}
+			}
+			if failed {
+				t.Fail()
+			}
+			t.Logf("stream stats: %+v", s.Stats())
+		})
 	}
-	t.Logf("stream stats: %+v", s.Stats())
+}
+
+// diffFamilies are the IP versions a network receives.
+func diffFamilies(network string) []int {
+	switch network {
+	case "udp4":
+		return []int{4}
+	case "udp6":
+		return []int{6}
+	}
+	return []int{4, 6}
+}
+
+// joinDiffGroups has a socket of its own join the generator's groups:
+// diffJoined4 and diffJoined6 on the test's link, diffJoinedLo4 and
+// diffJoinedLo6 on lo only.
+func joinDiffGroups(t *testing.T) {
+	t.Helper()
+	link, err := net.InterfaceByName("in0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lo, err := net.InterfaceByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd4) })
+	fd6, err := unix.Socket(unix.AF_INET6, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { unix.Close(fd6) })
+	for _, j := range []struct {
+		group netip.Addr
+		ifi   *net.Interface
+	}{{diffJoined4, link}, {diffJoinedLo4, lo}, {diffJoined6, link}, {diffJoinedLo6, lo}} {
+		if j.group.Is4() {
+			err = unix.SetsockoptIPMreqn(fd4, unix.IPPROTO_IP, unix.IP_ADD_MEMBERSHIP, &unix.IPMreqn{Multiaddr: j.group.As4(), Ifindex: int32(j.ifi.Index)})
+		} else {
+			err = unix.SetsockoptIPv6Mreq(fd6, unix.IPPROTO_IPV6, unix.IPV6_JOIN_GROUP, &unix.IPv6Mreq{Multiaddr: j.group.As16(), Interface: uint32(j.ifi.Index)})
+		}
+		if err != nil {
+			t.Fatalf("joining %v on %s: %v", j.group, j.ifi.Name, err)
+		}
+	}
+}
+
+// solicitedLinkLocal is the solicited-node group of the link-local
+// address of interface name (RFC 4291, 2.7.1).
+func solicitedLinkLocal(t *testing.T, name string) netip.Addr {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		ifi, err := net.InterfaceByName(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs, _ := ifi.Addrs()
+		for _, a := range addrs {
+			p, err := netip.ParsePrefix(a.String())
+			if err == nil && p.Addr().IsLinkLocalUnicast() {
+				b := p.Addr().As16()
+				return netip.AddrFrom16([16]byte{0xff, 0x02, 11: 1, 12: 0xff, 13: b[13], 14: b[14], 15: b[15]})
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("%s has no link-local address", name)
+	return netip.Addr{}
 }
 
 // barrier returns the frames that settle case id: one valid datagram of
 // each family, whose tags have the top bit set.
-func barrier(port uint16, id uint32) []diffFrame {
+func barrier(port uint16, id uint32, fams []int) []diffFrame {
 	var out []diffFrame
-	for _, v6 := range []bool{false, true} {
+	for _, fam := range fams {
+		v6 := fam == 6
 		pl := make([]byte, 8)
 		copy(pl, diffMagic[:])
 		binary.BigEndian.PutUint32(pl[4:], id|1<<31)
@@ -315,11 +431,11 @@ func barrier(port uint16, id uint32) []diffFrame {
 
 // waitReady sends barriers until both receivers see them: addresses are
 // set up and the stream knows them.
-func waitReady(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte]) {
+func waitReady(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte], fams []int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, f := range barrier(k.port, 0) {
+		for _, f := range barrier(k.port, 0, fams) {
 			l.send(t, f)
 		}
 		got := 0
@@ -347,13 +463,13 @@ func waitReady(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte]) 
 	t.Fatal("the receivers never saw the link's first datagrams")
 }
 
-// settle collects what each receiver delivered until it delivered both
-// barriers of case id.
-func settle(t *testing.T, k *kernelReceiver, s *Stream[[]byte], id uint32, frames []diffFrame) diffResult {
+// settle collects what each receiver delivered until it delivered every
+// barrier of case id, one per family.
+func settle(t *testing.T, k *kernelReceiver, s *Stream[[]byte], id uint32, frames []diffFrame, barriers int) diffResult {
 	t.Helper()
 	var r diffResult
 	want := id | 1<<31
-	for seen := 0; seen < 2; {
+	for seen := 0; seen < barriers; {
 		o, ok := k.read(t, 2*time.Second)
 		if !ok {
 			t.Fatalf("case %d: the kernel socket never delivered the barrier%s", id, hexFrames(frames))
@@ -365,7 +481,7 @@ func settle(t *testing.T, k *kernelReceiver, s *Stream[[]byte], id uint32, frame
 		r.kernel = append(r.kernel, o)
 	}
 	timeout := time.After(2 * time.Second)
-	for seen := 0; seen < 2; {
+	for seen := 0; seen < barriers; {
 		select {
 		case p := <-s.Packets():
 			if p.Err != nil {
@@ -393,21 +509,20 @@ type diffExample struct {
 
 // runDiffSeed runs the cases of one seed and reports their disagreements;
 // it returns false when one that the README does not name was found.
-func runDiffSeed(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte], seed uint64, n int) bool {
+func runDiffSeed(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte], g *diffGen, seed uint64, n int) bool {
 	t.Helper()
-	g := newDiffGen(seed, k.port)
 	found := map[string]*diffExample{}
-	var valid, validKernel, validStream, frames int
+	var valid, validKernel, validStream, frames, mcast, mcastKernel int
 	for range n {
 		c := g.next()
 		for _, f := range c.frames {
 			l.send(t, f)
 		}
 		frames += len(c.frames)
-		for _, f := range barrier(k.port, c.id) {
+		for _, f := range barrier(k.port, c.id, g.fams) {
 			l.send(t, f)
 		}
-		r := settle(t, k, s, c.id, c.frames)
+		r := settle(t, k, s, c.id, c.frames, len(g.fams))
 		for _, o := range append(slices.Clone(r.kernel), r.stream...) {
 			if tag, ok := diffTag(o.payload); ok && tag != c.id {
 				t.Fatalf("case %d: a datagram of case %d arrived: pairing is broken", c.id, tag)
@@ -417,6 +532,10 @@ func runDiffSeed(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte]
 			valid++
 			validKernel += min(len(r.kernel), 1)
 			validStream += min(len(r.stream), 1)
+		}
+		if strings.Contains(c.cat, "multicast destination") {
+			mcast++
+			mcastKernel += min(len(r.kernel), 1)
 		}
 		v := r.verdict()
 		if v == "" {
@@ -432,7 +551,7 @@ func runDiffSeed(t *testing.T, l *diffLink, k *kernelReceiver, s *Stream[[]byte]
 		}
 		e.count++
 	}
-	t.Logf("seed %d: %d cases, %d frames; valid unfragmented or fragmented: %d, delivered by the kernel %d, by the stream %d", seed, n, frames, valid, validKernel, validStream)
+	t.Logf("seed %d: %d cases, %d frames; valid unfragmented or fragmented: %d, delivered by the kernel %d, by the stream %d; to multicast groups: %d, delivered by the kernel %d", seed, n, frames, valid, validKernel, validStream, mcast, mcastKernel)
 	ok := true
 	// The test is worth nothing unless most valid datagrams got through.
 	if validKernel < valid*8/10 || validStream < valid*8/10 {

@@ -182,14 +182,17 @@ loop:
 // martianSource4 reports whether the kernel refuses src as the source of
 // a datagram to dst whatever the host's addresses: a multicast or limited
 // broadcast source, and 0.0.0.0 except to a broadcast (a host without an
-// address asking, as DHCP does): net/ipv4/route.c, ip_route_input_slow.
+// address asking, as DHCP does): net/ipv4/route.c, ip_route_input_slow;
+// or to a link-local group, 224.0.0.0/24: ip_mc_validate_source. (Since
+// Linux 5.3 the rest of 0.0.0.0/8 is an ordinary source: ipv4_is_zeronet.)
 func martianSource4(src, dst netip.Addr) bool {
 	s := src.As4()
 	switch {
 	case s[0] >= 224 && s[0] < 240, src == limitedBroadcast:
 		return true
 	case s == [4]byte{}:
-		return dst != limitedBroadcast && dst != netip.IPv4Unspecified()
+		d := dst.As4()
+		return dst != limitedBroadcast && dst != netip.IPv4Unspecified() && d != [4]byte{224, 0, 0, d[3]}
 	}
 	return false
 }

@@ -20,6 +20,25 @@ type addrSet struct {
 	loopbacks []int
 	// broadcasts holds the subnet broadcast addresses (also in exact).
 	broadcasts []netip.Addr
+	// groups holds the multicast groups each interface belongs to,
+	// whoever joined them: the kernel itself (all-nodes, solicited-node,
+	// all-hosts) or any socket of the namespace.
+	groups map[membership]struct{}
+}
+
+// membership is interface ifIndex's membership of a multicast group.
+type membership struct {
+	group   netip.Addr
+	ifIndex int
+}
+
+// member reports whether interface ifIndex belongs to group g.
+func (s *addrSet) member(g netip.Addr, ifIndex int) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.groups[membership{g, ifIndex}]
+	return ok
 }
 
 // unicast reports whether a is a unicast address of this host, one a
@@ -86,6 +105,16 @@ type localAddrs struct {
 	// calls it on a miss, so that a datagram to an address added a
 	// moment ago is not judged by a stale set.
 	refresh func() bool
+	// refreshGroups is refresh for a multicast miss; it dumps the groups
+	// again even with nothing announced where the kernel announces no
+	// membership changes (before Linux 6.13 for IPv6, 6.14 for IPv4).
+	refreshGroups func() bool
+	// mcast4 says IPv4 multicast reaches the socket the stream stands
+	// for: one of family AF_INET, which has IP_MULTICAST_ALL on
+	// (inet_create); an AF_INET6 socket has it off (inet6_create), so a
+	// dual-stack socket that joined nothing gets no IPv4 multicast
+	// (ip_mc_sf_allow).
+	mcast4 bool
 	// lastRefresh is when lookup last called refresh (monotonic
 	// nanoseconds since clockBase), so that a flood of datagrams to other
 	// hosts' addresses costs at most one refresh per missRefreshEvery.
@@ -108,15 +137,57 @@ func (l *localAddrs) lookup(a netip.Addr) (*addrSet, bool) {
 	if a == limitedBroadcast || set.has(a) {
 		return set, true
 	}
-	if l.refresh != nil {
-		now := int64(time.Since(clockBase))
-		if last := l.lastRefresh.Load(); (last == 0 || now-last >= int64(missRefreshEvery)) && l.lastRefresh.CompareAndSwap(last, now) {
-			l.refresh()
-		}
-		// Load again even when refresh found nothing pending or did not
-		// run: another goroutine may have stored a new set meanwhile.
+	if l.missed(l.refresh) {
 		set = l.cur.Load()
 		return set, set.has(a)
 	}
 	return set, false
+}
+
+// lookupGroup reports whether a datagram to multicast group g arriving on
+// interface ifIndex would be delivered to a socket bound to the
+// unspecified address that joined no group, and the address set that said
+// so. loopback says ifIndex is a loopback interface.
+func (l *localAddrs) lookupGroup(g netip.Addr, ifIndex int, loopback bool) (*addrSet, bool) {
+	set := l.cur.Load()
+	if g.Is4() && !l.mcast4 {
+		return set, false
+	}
+	if g.Is6() {
+		switch g.As16()[1] & 0xf {
+		case 0:
+			return set, false // reserved scope (RFC 4291, 2.7): ip6_rcv_core
+		case 1:
+			if !loopback {
+				return set, false // interface-local from the wire (RFC 4291 errata 3480): ip6_rcv_core
+			}
+		}
+	}
+	// The arrival interface must belong to the group: ip_check_mc_rcu
+	// (IPv4), ipv6_chk_mcast_addr from ip6_mc_input (IPv6). The socket
+	// then takes it with IP_MULTICAST_ALL / IPV6_MULTICAST_ALL on
+	// (ip_mc_sf_allow, inet6_mc_check).
+	if set.member(g, ifIndex) {
+		return set, true
+	}
+	if l.missed(l.refreshGroups) {
+		set = l.cur.Load()
+		return set, set.member(g, ifIndex)
+	}
+	return set, false
+}
+
+// missed calls refresh after a miss, at most once per missRefreshEvery
+// across all callers, and reports whether the caller should look again.
+func (l *localAddrs) missed(refresh func() bool) bool {
+	if refresh == nil {
+		return false
+	}
+	now := int64(time.Since(clockBase))
+	if last := l.lastRefresh.Load(); (last == 0 || now-last >= int64(missRefreshEvery)) && l.lastRefresh.CompareAndSwap(last, now) {
+		refresh()
+	}
+	// Look again even when refresh found nothing pending or did not
+	// run: another goroutine may have stored a new set meanwhile.
+	return true
 }

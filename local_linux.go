@@ -1,10 +1,14 @@
 package udpstream
 
 import (
+	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"unsafe"
@@ -13,7 +17,8 @@ import (
 )
 
 // addrWatcher keeps a localAddrs current from netlink: a dump of the
-// host's addresses, redone whenever the kernel announces an address change.
+// host's addresses and multicast memberships, redone whenever the kernel
+// announces a change of either.
 type addrWatcher struct {
 	la   *localAddrs
 	file *os.File
@@ -34,6 +39,15 @@ func newAddrWatcher() (_ *addrWatcher, err error) {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("bind netlink", err)
 	}
+	// Membership changes have groups above 31, which only
+	// NETLINK_ADD_MEMBERSHIP reaches; kernels before 6.13 (IPv6) and 6.14
+	// (IPv4) have none, and groups are then dumped again on a miss.
+	announced := true
+	for _, g := range []int{unix.RTNLGRP_IPV4_MCADDR, unix.RTNLGRP_IPV6_MCADDR} {
+		if unix.SetsockoptInt(fd, unix.SOL_NETLINK, unix.NETLINK_ADD_MEMBERSHIP, g) != nil {
+			announced = false
+		}
+	}
 	w := &addrWatcher{la: &localAddrs{}, buf: make([]byte, 64<<10)}
 	w.file = os.NewFile(uintptr(fd), "netlink-addr")
 	if w.rc, err = w.file.SyscallConn(); err != nil {
@@ -47,12 +61,21 @@ func newAddrWatcher() (_ *addrWatcher, err error) {
 	}
 	w.la.cur.Store(set)
 	w.la.refresh = w.refresh
+	w.la.refreshGroups = w.refresh
+	if !announced {
+		w.la.refreshGroups = w.redump
+	}
 	return w, nil
 }
 
+// redump is refresh that dumps whether or not changes were announced.
+func (w *addrWatcher) redump() bool { return w.update(true) }
+
 // refresh drains pending notifications and, if there were any, dumps the
 // addresses again. It reports whether the set was replaced.
-func (w *addrWatcher) refresh() bool {
+func (w *addrWatcher) refresh() bool { return w.update(false) }
+
+func (w *addrWatcher) update(force bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	pending := false
@@ -70,7 +93,7 @@ func (w *addrWatcher) refresh() bool {
 			return
 		}
 	})
-	if !pending {
+	if !pending && !force {
 		return false
 	}
 	set, err := dumpAddrs()
@@ -92,9 +115,10 @@ func (w *addrWatcher) watch() error {
 
 func (w *addrWatcher) close() { w.file.Close() }
 
-// dumpAddrs lists the host's addresses with RTM_GETADDR. A dump that ran
-// while addresses or links changed may have skipped some (the kernel marks
-// it NLM_F_DUMP_INTR): it is taken again.
+// dumpAddrs lists the host's addresses with RTM_GETADDR and its multicast
+// memberships with RTM_GETMULTICAST. A dump that ran while addresses or
+// links changed may have skipped some (the kernel marks it
+// NLM_F_DUMP_INTR): it is taken again.
 func dumpAddrs() (*addrSet, error) {
 	for range 10 {
 		rib, err := syscall.NetlinkRIB(syscall.RTM_GETADDR, syscall.AF_UNSPEC)
@@ -105,11 +129,72 @@ func dumpAddrs() (*addrSet, error) {
 		if err != nil {
 			return nil, os.NewSyscallError("netlink parse", err)
 		}
-		if set, ok := parseAddrs(msgs); ok {
+		set, ok := parseAddrs(msgs)
+		if !ok {
+			continue
+		}
+		if set.groups, ok = dumpGroups(); ok {
 			return set, nil
 		}
 	}
 	return nil, errors.New("udpstream: local addresses kept changing during every netlink dump")
+}
+
+// dumpGroups lists every interface's multicast groups, of both families.
+// Where the kernel cannot dump a family's (IPv4 before Linux 6.14) it
+// reads /proc/net/igmp or /proc/net/igmp6; a family the kernel lacks has
+// none. It reports false if a dump was interrupted.
+func dumpGroups() (map[membership]struct{}, bool) {
+	groups := map[membership]struct{}{}
+	for _, fam := range []int{unix.AF_INET, unix.AF_INET6} {
+		rib, err := syscall.NetlinkRIB(unix.RTM_GETMULTICAST, fam)
+		var msgs []syscall.NetlinkMessage
+		if err == nil {
+			msgs, err = syscall.ParseNetlinkMessage(rib)
+		}
+		if err != nil {
+			name := "/proc/net/igmp"
+			if fam == unix.AF_INET6 {
+				name = "/proc/net/igmp6"
+			}
+			if b, err := os.ReadFile(name); err == nil {
+				parseProcGroups(groups, b, fam == unix.AF_INET6)
+			}
+			continue
+		}
+		if !parseGroups(groups, msgs) {
+			return nil, false
+		}
+	}
+	return groups, true
+}
+
+// parseGroups adds the memberships of an RTM_GETMULTICAST dump to groups,
+// reporting false if the dump was interrupted.
+func parseGroups(groups map[membership]struct{}, msgs []syscall.NetlinkMessage) bool {
+	for i := range msgs {
+		m := msgs[i]
+		if m.Header.Flags&unix.NLM_F_DUMP_INTR != 0 {
+			return false
+		}
+		if (m.Header.Type != unix.RTM_GETMULTICAST && m.Header.Type != unix.RTM_NEWMULTICAST) || len(m.Data) < unix.SizeofIfAddrmsg {
+			continue
+		}
+		ifa := (*unix.IfAddrmsg)(unsafe.Pointer(&m.Data[0]))
+		// The message is an ifaddrmsg with attributes, as RTM_NEWADDR's,
+		// which is the only way the syscall package parses it.
+		m.Header.Type = syscall.RTM_NEWADDR
+		attrs, err := syscall.ParseNetlinkRouteAttr(&m)
+		if err != nil {
+			continue
+		}
+		for _, a := range attrs {
+			if g, ok := netip.AddrFromSlice(a.Value); ok && a.Attr.Type == unix.IFA_MULTICAST && g.IsMulticast() {
+				groups[membership{g, int(ifa.Index)}] = struct{}{}
+			}
+		}
+	}
+	return true
 }
 
 // parseAddrs builds an address set from a dump, reporting false if the
@@ -188,4 +273,49 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	v |= 1<<(32-p.Bits()) - 1
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// parseProcGroups adds the memberships listed in /proc/net/igmp6 (v6) or
+// /proc/net/igmp to groups. igmp6 has a line per membership: index, name,
+// the group in hex, users, flags, timer. igmp has a line per interface,
+// index first, then one per group of it, indented, the group first as
+// the hexadecimal of its bytes read as a native-endian word.
+func parseProcGroups(groups map[membership]struct{}, b []byte, v6 bool) {
+	ifIndex := 0
+	for i, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 {
+			continue
+		}
+		if v6 {
+			if len(f) < 3 || len(f[2]) != 32 {
+				continue
+			}
+			idx, err1 := strconv.Atoi(f[0])
+			raw, err2 := hex.DecodeString(f[2])
+			if err1 != nil || err2 != nil {
+				continue
+			}
+			if g := netip.AddrFrom16([16]byte(raw)); g.IsMulticast() {
+				groups[membership{g, idx}] = struct{}{}
+			}
+			continue
+		}
+		if i == 0 {
+			continue // the heading
+		}
+		if line[0] != ' ' && line[0] != '\t' {
+			ifIndex, _ = strconv.Atoi(f[0])
+			continue
+		}
+		v, err := strconv.ParseUint(f[0], 16, 32)
+		if err != nil || ifIndex == 0 {
+			continue
+		}
+		var a [4]byte
+		binary.NativeEndian.PutUint32(a[:], uint32(v))
+		if g := netip.AddrFrom4(a); g.IsMulticast() {
+			groups[membership{g, ifIndex}] = struct{}{}
+		}
+	}
 }

@@ -184,10 +184,13 @@ func WithMonitor() Option {
 }
 
 // WithAnyDestination delivers datagrams whatever their destination
-// address, including multicast groups and addresses of other hosts (such as
-// frames seen in promiscuous mode). By default only datagrams to a unicast
-// or broadcast address of this host are delivered, as the kernel would to a
-// socket bound to the unspecified address that has joined no group.
+// address, including multicast groups the arrival interface is not in and
+// addresses of other hosts (such as frames seen in promiscuous mode). By
+// default only what the kernel would deliver to a socket bound to the
+// unspecified address is: datagrams to a unicast or broadcast address of
+// this host, and to multicast groups the arrival interface belongs to
+// (IPv4 ones only with WithNetwork("udp4"): a dual-stack socket has
+// IP_MULTICAST_ALL off).
 func WithAnyDestination() Option {
 	return Option{func(c *config) error {
 		c.anyDestination = true

@@ -771,9 +771,10 @@ var dropErrs = [numVerdicts]error{
 
 // isLocal reports whether the kernel would deliver a datagram from src to
 // a, arriving on interface ifIndex, to a local socket: a must be an
-// address of this host, and loopback addresses, as source or destination,
-// and this host's own IPv4 addresses as source count only on a loopback
-// interface (elsewhere the kernel drops them as martians). Most traffic is
+// address of this host or a multicast group ifIndex belongs to, and
+// loopback addresses, as source or destination, and this host's own IPv4
+// addresses as source count only on a loopback interface (elsewhere the
+// kernel drops them as martians). Most traffic is
 // a few busy flows, so the last yes is remembered for as long as the
 // address set it came from is current.
 func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
@@ -787,7 +788,12 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	if a.Is4() && a.IsUnspecified() && src.IsUnspecified() {
 		return true // ip_route_input_slow takes 0.0.0.0 to 0.0.0.0 as a broadcast
 	}
-	set, ok := h.local.lookup(a)
+	var ok bool
+	if a.IsMulticast() {
+		set, ok = h.local.lookupGroup(a, ifIndex, set.onLoopback(ifIndex))
+	} else {
+		set, ok = h.local.lookup(a)
+	}
 	if ok {
 		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex}
 	}

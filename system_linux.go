@@ -100,6 +100,9 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 		return nil, err
 	}
 	s.local = s.watcher.la
+	// A "udp" stream reserves with an AF_INET socket where the host has
+	// no IPv6.
+	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
 	return s, nil
 }
 
