@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"maps"
 	"net"
 	"net/netip"
@@ -180,7 +181,7 @@ func TestSocketModeFragments(t *testing.T) {
 	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("small"))
 	sock, rh := byPayload(t, s.Packets(), 3), byPayload(t, ring.Packets(), 3)
 	for k, h := range sock {
-		checkAgainstRing(t, k[:min(len(k), 5)], h, rh[k])
+		checkAgainstRing(t, fmt.Sprintf("ipv%d, %d bytes", h.Version, len(k)), h, rh[k])
 	}
 	for _, big := range [][]byte{big4, big6} {
 		if h, ok := sock[string(big)]; !ok || h.Known(FieldFragments) || h.Fragments < 3 {
@@ -343,4 +344,24 @@ func TestModeAuto(t *testing.T) {
 	if _, err := Open(context.Background(), 0, HeaderOnly, WithMode(ModeAuto), WithPortErrors()); !errors.Is(err, os.ErrPermission) {
 		t.Errorf("auto with a ring option without CAP_NET_RAW: %v, want the ring's permission error", err)
 	}
+}
+
+// TestSocketModeInterface binds a socket-mode stream to one of two links:
+// it receives what arrives on that one, with its index, and nothing of
+// the other.
+func TestSocketModeInterface(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	viaA, viaB, ifA, _ := twoLinks(t)
+	s := openT(t, 0, Payload, WithMode(ModeSocket), WithInterface("va0"))
+	// b first: a stream bound to nothing would take it first.
+	viaB(s.Port(), "via b")
+	viaA(s.Port(), "via a")
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if string(p.Value) != "via a" || p.Header.IfIndex != ifA.Index || p.Header.Dst.Addr() != netip.MustParseAddr("192.0.2.10") {
+		t.Fatalf("bound stream got %q on ifindex %d to %v", p.Value, p.Header.IfIndex, p.Header.Dst)
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
 }
