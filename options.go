@@ -205,7 +205,9 @@ func WithAnyDestination() Option {
 // hold (DefaultReassemblyMemory), the fragments one datagram may have
 // (DefaultMaxFragments), and the datagrams one source may have in
 // reassembly at once (DefaultMaxPerSource). A zero argument keeps its
-// default. Datagrams over a limit are dropped and counted in Stats.
+// default. Datagrams over a limit are dropped and counted in Stats. In
+// socket mode the kernel reassembles, under its own limits, and these do
+// not apply.
 func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource int) Option {
 	return Option{func(c *config) error {
 		switch {

@@ -353,9 +353,10 @@ func plural(n uint64, noun string) string {
 
 // appendSummary appends the summary printed at exit without -stats, as
 // tcpdump prints one: the datagrams delivered, those dropped with the
-// reasons that occurred, and the kernel's drops. Each line starts with the
-// tool's prefix, so that no one takes it for the -stats object.
-func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
+// reasons that occurred, and the kernel's drops: frames of the ring, or in
+// socket mode datagrams at the socket. Each line starts with the tool's
+// prefix, so that no one takes it for the -stats object.
+func appendSummary(b []byte, st udpstream.Stats, delivered uint64, mode udpstream.Mode) []byte {
 	b = fmt.Appendf(b, "udpstream: %s delivered", plural(delivered, "datagram"))
 	if st.DecodeErrors > 0 {
 		b = fmt.Appendf(b, ", %s", plural(st.DecodeErrors, "decoder error"))
@@ -369,10 +370,13 @@ func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
 			sep = ", "
 		}
 	}
+	if mode == udpstream.ModeSocket {
+		return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (socket buffer full)\n", plural(st.KernelDrops, "datagram"))
+	}
 	return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring full)\n", plural(st.KernelDrops, "frame"))
 }
 
 // printSummary prints the exit summary on stderr.
-func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64) {
-	stderr.Write(appendSummary(nil, st, delivered))
+func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64, mode udpstream.Mode) {
+	stderr.Write(appendSummary(nil, st, delivered, mode))
 }

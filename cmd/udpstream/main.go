@@ -467,7 +467,7 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	if o.stats {
 		printStats(stderr, s.Stats(), out.delivered())
 	} else {
-		printSummary(stderr, s.Stats(), out.delivered())
+		printSummary(stderr, s.Stats(), out.delivered(), s.Mode())
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)
@@ -490,7 +490,7 @@ func showTop(s *udpstream.Stream[datagram], o options, stdout, stderr io.Writer)
 	if o.stats {
 		printStats(stderr, s.Stats(), n)
 	} else {
-		printSummary(stderr, s.Stats(), n)
+		printSummary(stderr, s.Stats(), n, s.Mode())
 	}
 	if err != nil && !outputClosed(err) {
 		return fail(stderr, fmt.Errorf("writing output: %w", err))

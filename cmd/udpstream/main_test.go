@@ -562,21 +562,26 @@ func TestSummary(t *testing.T) {
 	for _, tc := range []struct {
 		st        udpstream.Stats
 		delivered uint64
+		mode      udpstream.Mode
 		want      string
 	}{
-		{udpstream.Stats{}, 0, "udpstream: 0 datagrams delivered\n" +
+		{udpstream.Stats{}, 0, udpstream.ModeRing, "udpstream: 0 datagrams delivered\n" +
 			"udpstream: 0 datagrams dropped\n" +
 			"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
-		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7,
+		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7, udpstream.ModeRing,
 			"udpstream: 7 datagrams delivered\n" +
 				"udpstream: 3 datagrams dropped: 2 to another port, 1 bad UDP checksum\n" +
 				"udpstream: 1 frame dropped by the kernel (receive ring full)\n"},
-		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1,
+		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1, udpstream.ModeRing,
 			"udpstream: 1 datagram delivered, 1 decoder error\n" +
 				"udpstream: 1 datagram dropped: 1 reassembly timed out\n" +
 				"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 4, KernelDrops: 2}, 4, udpstream.ModeSocket,
+			"udpstream: 4 datagrams delivered\n" +
+				"udpstream: 0 datagrams dropped\n" +
+				"udpstream: 2 datagrams dropped by the kernel (socket buffer full)\n"},
 	} {
-		got := string(appendSummary(nil, tc.st, tc.delivered))
+		got := string(appendSummary(nil, tc.st, tc.delivered, tc.mode))
 		if got != tc.want {
 			t.Errorf("summary of %+v:\n%s\nwant\n%s", tc.st, got, tc.want)
 		}
