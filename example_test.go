@@ -33,6 +33,25 @@ func Example() {
 	}
 }
 
+// Without CAP_NET_RAW: ModeAuto falls back to socket mode, where the
+// fields a UDP socket cannot see are marked unknown rather than shown as
+// zero.
+func ExampleWithMode() {
+	s, err := udpstream.Open(context.Background(), 5353, udpstream.Payload, udpstream.WithMode(udpstream.ModeAuto))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	log.Printf("mode %v", s.Mode())
+	for p := range s.Packets() {
+		id := "?"
+		if p.Header.Known(udpstream.FieldID) {
+			id = fmt.Sprint(p.Header.ID)
+		}
+		fmt.Println(p.Header.Src, "ttl", p.Header.TTL, "id", id)
+	}
+}
+
 // Selecting on the stream and a ticker in one loop, with the Stream handle
 // for counters and the reason it ended.
 func Example_select() {

@@ -50,6 +50,7 @@ type config struct {
 	anyDestination bool
 	fanout         int
 	send           SendOptions
+	mode           Mode
 
 	reasmTimeout    time.Duration
 	reasmTimeoutSet bool // by WithReassembly, over the namespace's ipfrag_time and ip6frag_time
@@ -124,7 +125,9 @@ func WithNetwork(network string) Option {
 // WithBufferSize sets the kernel receive ring of each address family, in
 // bytes (default DefaultBufferSize, at least 128 KiB). When the consumer
 // falls behind, the ring absorbs bursts; when it is full, the kernel drops
-// datagrams and Stats.KernelDrops counts them.
+// datagrams and Stats.KernelDrops counts them. In socket mode it is the
+// receive buffer (SO_RCVBUF) of the UDP socket, which the kernel caps at
+// net.core.rmem_max unless the process has CAP_NET_ADMIN.
 func WithBufferSize(bytes int) Option {
 	return Option{func(c *config) error {
 		if bytes < minBufferSize || bytes > maxBufferSize {
@@ -205,7 +208,9 @@ func WithAnyDestination() Option {
 // hold (DefaultReassemblyMemory), the fragments one datagram may have
 // (DefaultMaxFragments), and the datagrams one source may have in
 // reassembly at once (DefaultMaxPerSource). A zero argument keeps its
-// default. Datagrams over a limit are dropped and counted in Stats.
+// default. Datagrams over a limit are dropped and counted in Stats. In
+// socket mode the kernel reassembles, under its own limits, and these do
+// not apply.
 func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource int) Option {
 	return Option{func(c *config) error {
 		switch {
@@ -241,7 +246,9 @@ func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource in
 // over the sockets by flow hash, so the datagrams of one flow keep their
 // order. The buffer of WithBufferSize is shared among the n sockets of a
 // family. It helps when decoding, not receiving, is the bottleneck and
-// cores are free.
+// cores are free. In socket mode the stream binds n UDP sockets to the
+// port with SO_REUSEPORT, which the kernel spreads datagrams over by flow
+// hash, and shares the buffer among them likewise.
 func WithFanout(n int) Option {
 	return Option{func(c *config) error {
 		if n < 1 || n > 16 {

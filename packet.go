@@ -97,6 +97,10 @@ func (e ECN) String() string {
 // Header is the IP and UDP header of a received datagram. It is a plain
 // value owned by its Packet: the slices in it are never shared with the
 // library or the kernel, and their capacity is their length.
+//
+// In ring mode every field is known. In socket mode the fields the socket
+// cannot see are listed in Unknown and left zero (see HeaderFields): a
+// zero there is not what the datagram carried.
 type Header struct {
 	// Version is the IP version, 4 or 6.
 	Version uint8
@@ -118,12 +122,14 @@ type Header struct {
 
 	// ID is the IPv4 identification field, or the IPv6 fragment
 	// identification when the datagram carried a Fragment header (0
-	// otherwise).
+	// otherwise). Unknown in socket mode (FieldID), except for an IPv6
+	// datagram that was not fragmented, whose ID is 0.
 	ID uint32
 
 	// DF and MF are the IPv4 Don't Fragment and More Fragments flags. MF
 	// is set on a reassembled datagram, as in its first fragment. Both are
-	// false for IPv6.
+	// false for IPv6. In socket mode DF is unknown for IPv4 (FieldDF);
+	// MF is known, since the socket tells a reassembled datagram.
 	DF, MF bool
 
 	// FlowLabel is the 20-bit IPv6 flow label; 0 for IPv4.
@@ -136,11 +142,14 @@ type Header struct {
 	// ExtHeaders lists the IPv6 extension headers before UDP by their
 	// Next Header numbers (0 Hop-by-Hop, 43 Routing, 44 Fragment, 60
 	// Destination Options), in order; nil when there are none and for
-	// IPv4.
+	// IPv4. In socket mode those of a fragmented datagram lack the
+	// Fragment header (FieldExtHeaders).
 	ExtHeaders []uint8
 
 	// Fragments is the number of IP fragments the datagram arrived in; 1
-	// when it was not fragmented.
+	// when it was not fragmented. In socket mode the count of a
+	// fragmented datagram is unknown (FieldFragments): Fragments is then
+	// a lower bound, at least 2, from the size of its largest fragment.
 	Fragments int
 
 	// UDPLength and UDPChecksum are the UDP header's length and checksum
@@ -148,7 +157,9 @@ type Header struct {
 	// datagram whose checksum the kernel left to be computed by hardware
 	// or not at all (one sent by this host, such as over loopback),
 	// UDPChecksum holds only the partial pseudo-header sum the sender's
-	// kernel put there.
+	// kernel put there. In socket mode UDPLength is 8 plus the payload's
+	// length, and UDPChecksum is unknown (FieldUDPChecksum): the kernel
+	// checked it.
 	UDPLength   uint16
 	UDPChecksum uint16
 
@@ -158,6 +169,10 @@ type Header struct {
 	// Time is when the kernel received the datagram (its last fragment,
 	// when fragmented).
 	Time time.Time
+
+	// Unknown lists the fields this stream's mode cannot see; it is zero,
+	// every field known, in ring mode. See Known.
+	Unknown HeaderFields
 }
 
 // DSCP returns the Differentiated Services codepoint, the high six bits
@@ -173,24 +188,31 @@ func (h Header) ECN() ECN { return ECN(h.TOS & 3) }
 // capacity is its length, so that appending to one copies it and slicing
 // past its end panics (a panic the stream recovers, see Decoder) rather
 // than reading or overwriting the bytes of other datagrams.
+//
+// In socket mode no header bytes are received: IP and UDP return nil,
+// and Payload returns the payload; the Header is what the socket's
+// control messages told.
 type Datagram struct {
-	hdr *Header
-	ip  []byte
-	udp []byte
+	hdr     *Header
+	ip      []byte
+	udp     []byte
+	payload []byte
 }
 
 // Header returns the datagram's parsed header, a copy owned by the caller.
 func (d *Datagram) Header() Header { return *d.hdr }
 
 // IP returns the whole IP datagram, headers included, reassembled when it
-// arrived in fragments. Valid only during the Decoder call.
+// arrived in fragments; nil in socket mode. Valid only during the Decoder
+// call.
 func (d *Datagram) IP() []byte { return d.ip[:len(d.ip):len(d.ip)] }
 
-// UDP returns the UDP header and payload. Valid only during the Decoder call.
+// UDP returns the UDP header and payload; nil in socket mode. Valid only
+// during the Decoder call.
 func (d *Datagram) UDP() []byte { return d.udp[:len(d.udp):len(d.udp)] }
 
 // Payload returns the UDP payload. Valid only during the Decoder call.
-func (d *Datagram) Payload() []byte { return d.udp[udpHeaderLen:len(d.udp):len(d.udp)] }
+func (d *Datagram) Payload() []byte { return d.payload[:len(d.payload):len(d.payload)] }
 
 // A Decoder turns one received datagram into a value of the user's type T.
 // It runs on the stream's receive goroutine, one datagram at a time, so it
@@ -207,7 +229,7 @@ func Payload(d *Datagram) ([]byte, error) {
 }
 
 // Raw is a Decoder that returns a copy of the whole IP datagram, headers
-// included.
+// included; nil in socket mode, which receives no header bytes.
 func Raw(d *Datagram) ([]byte, error) {
 	return bytes.Clone(d.IP()), nil
 }

@@ -15,17 +15,28 @@ import (
 
 // reservePort binds a UDP socket to the port on the unspecified address so
 // that no other process takes it and the kernel does not answer ICMP port
-// unreachable. A drop-all filter, attached before bind, keeps it from ever
-// queueing data: the packet sockets receive the datagrams. With port 0 the
-// kernel picks the port. For "udp" the socket is dual-stack ([::] with
-// IPV6_V6ONLY off), or IPv4 where the host has no IPv6.
-func reservePort(network string, port uint16, ifName string) (*net.UDPConn, uint16, error) {
+// unreachable. Unless it is to receive (socket mode), a drop-all filter,
+// attached before bind, keeps it from ever queueing data: the packet
+// sockets receive the datagrams. With reusePort it binds with
+// SO_REUSEPORT, so that the stream's other sockets may share the port.
+// With port 0 the kernel picks the port. For "udp" the socket is
+// dual-stack ([::] with IPV6_V6ONLY off), or IPv4 where the host has no
+// IPv6.
+func reservePort(network string, port uint16, ifName string, receive, reusePort bool) (*net.UDPConn, uint16, error) {
 	lc := net.ListenConfig{
 		Control: func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
-				if serr = attachFilter(int(fd), dropAllFilter); serr != nil {
-					return
+				if !receive {
+					if serr = attachFilter(int(fd), dropAllFilter); serr != nil {
+						return
+					}
+				}
+				if reusePort {
+					if serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_REUSEPORT, 1); serr != nil {
+						serr = os.NewSyscallError("setsockopt SO_REUSEPORT", serr)
+						return
+					}
 				}
 				if ifName != "" {
 					// Reserve the port only where the stream listens; other

@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -73,6 +74,8 @@ type packetSocket struct {
 }
 
 func (ps *packetSocket) family() uint8 { return ps.fam }
+
+func (ps *packetSocket) unblock() { _ = ps.file.SetReadDeadline(time.Unix(1, 0)) }
 
 // errNoCapNetRaw explains the one setup error users meet most. A user
 // namespace of one's own is no advice here: its CAP_NET_RAW covers only a

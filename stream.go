@@ -16,8 +16,10 @@
 // passes only UDP for the port (and IP fragments, which it reassembles),
 // through a memory-mapped ring. A UDP socket bound to the port reserves it,
 // so the kernel does not answer ICMP port unreachable, and carries replies
-// (Packet.Reply). It needs CAP_NET_RAW. On other systems Listen returns an
-// error wrapping errors.ErrUnsupported.
+// (Packet.Reply). It needs CAP_NET_RAW. Socket mode (WithMode) needs no
+// privilege: it receives through that UDP socket instead, with the
+// header fields its control messages carry. On other systems Listen
+// returns an error wrapping errors.ErrUnsupported.
 //
 // What reaches the channel is what the kernel would hand a UDP socket bound
 // to the unspecified address: well-formed datagrams to the port whose
@@ -60,6 +62,7 @@ func Listen[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Opt
 type Stream[T any] struct {
 	ch     chan Packet[T]
 	port   uint16
+	mode   Mode
 	cancel context.CancelFunc
 	done   chan struct{} // closed after ch is closed and resources released
 	err    error         // why it ended; valid once ended is set
@@ -79,7 +82,8 @@ type Stream[T any] struct {
 // os.ErrPermission when the process lacks CAP_NET_RAW, or
 // CAP_NET_BIND_SERVICE for a port below net.ipv4.ip_unprivileged_port_start
 // (the error says how to grant them), and with one wrapping
-// syscall.ENODEV when the interface of WithInterface does not exist.
+// syscall.ENODEV when the interface of WithInterface does not exist. In
+// socket mode (WithMode) it needs no CAP_NET_RAW.
 func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Option) (*Stream[T], error) {
 	if dec == nil {
 		return nil, optionErr("nil decoder")
@@ -108,6 +112,7 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 	s := &Stream[T]{
 		ch:     make(chan Packet[T], cfg.chanCap),
 		port:   sys.port,
+		mode:   sys.mode,
 		cancel: cancel,
 		done:   make(chan struct{}),
 		sys:    sys,
@@ -176,6 +181,10 @@ func (s *Stream[T]) Packets() <-chan Packet[T] { return s.ch }
 // Port returns the port the stream listens on: the one chosen by the
 // kernel when Open was given port 0.
 func (s *Stream[T]) Port() uint16 { return s.port }
+
+// Mode returns the way the stream receives: ModeRing or ModeSocket, the
+// one ModeAuto chose.
+func (s *Stream[T]) Mode() Mode { return s.mode }
 
 // Err returns why the stream ended: nil while it runs and after it was
 // ended by its context or by Close. It is valid as soon as the channel is
@@ -331,7 +340,9 @@ type Stats struct {
 	Abandoned uint64 `json:"abandoned"`
 	// KernelDrops counts frames the kernel dropped because the receive
 	// ring was full (PACKET_STATISTICS), as happens when the consumer
-	// falls behind for longer than the ring can hold.
+	// falls behind for longer than the ring can hold. In socket mode it
+	// counts the datagrams the kernel dropped at the UDP socket
+	// (SK_MEMINFO_DROPS): its receive buffer full, or a bad checksum.
 	KernelDrops uint64 `json:"kernel_drops"`
 }
 
@@ -588,8 +599,16 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 	}
 
 	pkt := h.newPacket(m)
+	return h.decodeInto(ctx, pkt, v, h.p.ip, h.p.udp, h.p.udp[udpHeaderLen:])
+}
+
+// decodeInto decodes the datagram whose header pkt, the next entry of the
+// batch, holds, and takes pkt into the batch: the way of every datagram to
+// the channel, whichever the source. v is deliver, or dropOtherPort for
+// one WithPortErrors surfaces (counted already).
+func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, ip, udp, payload []byte) error {
 	pkt.tx = h.tx
-	h.d.hdr, h.d.ip, h.d.udp = &pkt.Header, h.p.ip, h.p.udp
+	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload}
 	pkt.Value, pkt.Err = decode(h.dec, &h.d)
 	h.d = Datagram{}
 	switch {

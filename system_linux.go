@@ -18,8 +18,9 @@ import (
 // system holds a stream's kernel resources.
 type system struct {
 	port    uint16
-	sources []*packetSocket
-	reserve *net.UDPConn // nil in monitor mode
+	mode    Mode // ModeRing or ModeSocket
+	sources []source
+	reserve *net.UDPConn // nil in monitor mode; in socket mode the first source's
 	watcher *addrWatcher
 	local   *localAddrs
 	spare   int // a packet socket not yet made one of sources, or -1
@@ -29,10 +30,38 @@ type system struct {
 	kernelDrops atomic.Uint64
 }
 
+// source is one way of receiving, with a receive goroutine of its own: a
+// packet socket with its ring (ring_linux.go) or a UDP socket
+// (socket_linux.go). receive runs its loop.
+type source interface {
+	// family is the source's address family, 4 or 6, or 0 for both.
+	family() uint8
+	// unblock makes a goroutine waiting on the source return, with a
+	// read deadline in the past; no fd is closed under it.
+	unblock()
+	// kernelDrops returns the datagrams the kernel dropped at the source
+	// since the last call.
+	kernelDrops() uint64
+	// close releases the source. No goroutine may use it after.
+	close()
+}
+
+// receive is the loop of one receive goroutine, for the source's kind.
+func receive[T any](ctx context.Context, src source, h *handler[T]) error {
+	switch src := src.(type) {
+	case *packetSocket:
+		return receiveRing(ctx, src, h)
+	case *udpSocket:
+		return receiveSocket(ctx, src, h)
+	}
+	panic(fmt.Sprintf("udpstream: unknown source %T", src))
+}
+
 // openSystem reserves the port, subscribes to address changes and opens
-// one filtered packet socket per family.
+// the sources of the stream's mode: one filtered packet socket per
+// family (and per fanout member), or the UDP sockets of socket mode.
 func openSystem(cfg *config, port uint16) (_ *system, err error) {
-	s := &system{port: port, spare: -1}
+	s := &system{port: port, spare: -1, mode: cfg.mode}
 	defer func() {
 		if err != nil {
 			s.close()
@@ -61,11 +90,34 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	if cfg.monitor {
 		reserve = 0
 	}
-	if s.spare, err = checkPacketSockets(reserve); err != nil {
+	if s.mode == ModeAuto {
+		s.mode = ModeRing
+		if cfg.ringOnly() == "" {
+			s.spare, err = checkPacketSockets(reserve)
+			if errors.Is(err, os.ErrPermission) {
+				s.mode, err = ModeSocket, nil
+			}
+		}
+	}
+	if s.mode == ModeSocket {
+		if o := cfg.ringOnly(); o != "" {
+			return nil, optionErr("%s needs ring mode: a UDP socket receives only what the kernel delivers to it", o)
+		}
+		if err := s.openSockets(cfg, port, ifName); err != nil {
+			return nil, err
+		}
+		return s, s.watch(cfg)
+	}
+	if err != nil {
 		return nil, err
 	}
+	if s.spare < 0 {
+		if s.spare, err = checkPacketSockets(reserve); err != nil {
+			return nil, err
+		}
+	}
 	if !cfg.monitor {
-		s.reserve, s.port, err = reservePort(cfg.network, port, ifName)
+		s.reserve, s.port, err = reservePort(cfg.network, port, ifName, false, false)
 		if err != nil {
 			return nil, err
 		}
@@ -95,15 +147,20 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			group = id
 		}
 	}
+	return s, s.watch(cfg)
+}
 
+// watch subscribes to the host's address changes and multicast
+// memberships.
+func (s *system) watch(cfg *config) (err error) {
 	if s.watcher, err = newAddrWatcher(); err != nil {
-		return nil, err
+		return err
 	}
 	s.local = s.watcher.la
 	// A "udp" stream reserves with an AF_INET socket where the host has
 	// no IPv6.
 	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
-	return s, nil
+	return nil
 }
 
 // interfaceError reports a failed interface lookup. The net package's
@@ -124,11 +181,10 @@ func interfaceError(which string, err error) error {
 func (s *system) run(ctx context.Context, recv func(i int) func(context.Context) error) error {
 	g, gctx := errgroup.WithContext(ctx)
 	stop := context.AfterFunc(gctx, func() {
-		past := time.Unix(1, 0)
-		for _, ps := range s.sources {
-			_ = ps.file.SetReadDeadline(past)
+		for _, src := range s.sources {
+			src.unblock()
 		}
-		_ = s.watcher.file.SetReadDeadline(past)
+		_ = s.watcher.file.SetReadDeadline(time.Unix(1, 0))
 	})
 	defer stop()
 	for i := range s.sources {
@@ -145,10 +201,10 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 	return g.Wait()
 }
 
-// receive is the loop of one receive goroutine: walk the ring while frames
-// are ready, then wait in the poller. When the stream ends it counts what
-// it leaves behind (see drain).
-func receive[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
+// receiveRing is the loop of a packet socket's receive goroutine: walk the
+// ring while frames are ready, then wait in the poller. When the stream
+// ends it counts what it leaves behind (see drain).
+func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
 	defer drain(ps, h)
 	var m frameMeta
 	batch := 0 // frames since the ring was last found empty
@@ -256,8 +312,8 @@ func (s *system) pollKernelDrops() {
 	if s.closed {
 		return
 	}
-	for _, ps := range s.sources {
-		s.kernelDrops.Add(ps.kernelDrops())
+	for _, src := range s.sources {
+		s.kernelDrops.Add(src.kernelDrops())
 	}
 }
 
@@ -265,8 +321,8 @@ func (s *system) pollKernelDrops() {
 func (s *system) close() {
 	s.mu.Lock()
 	if !s.closed {
-		for _, ps := range s.sources {
-			s.kernelDrops.Add(ps.kernelDrops())
+		for _, src := range s.sources {
+			s.kernelDrops.Add(src.kernelDrops())
 		}
 	}
 	s.closed = true
@@ -278,11 +334,11 @@ func (s *system) close() {
 	// run side by side share their grace periods: closing the sockets
 	// together costs what closing one costs.
 	var wg sync.WaitGroup
-	for _, ps := range s.sources {
+	for _, src := range s.sources {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			ps.close()
+			src.close()
 		}()
 	}
 	wg.Wait()
@@ -293,7 +349,7 @@ func (s *system) close() {
 	if s.watcher != nil {
 		s.watcher.close()
 	}
-	if s.reserve != nil {
+	if s.reserve != nil && s.mode != ModeSocket { // a source's own in socket mode
 		s.reserve.Close()
 	}
 }

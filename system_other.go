@@ -14,13 +14,14 @@ import (
 // system is the kernel side of a stream; there is none outside Linux.
 type system struct {
 	port        uint16
-	sources     []*packetSocket
+	mode        Mode
+	sources     []source
 	local       *localAddrs
 	reserve     any
 	kernelDrops atomic.Uint64
 }
 
-type packetSocket struct{}
+type source interface{ family() uint8 }
 
 type sender struct {
 	conn  any
@@ -32,8 +33,6 @@ func (*sender) send([]byte, netip.Addr, netip.AddrPort, int, SendOptions) error 
 	return errors.ErrUnsupported
 }
 
-func (*packetSocket) family() uint8 { return 0 }
-
 func openSystem(*config, uint16) (*system, error) {
 	return nil, fmt.Errorf("udpstream: not implemented on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }
@@ -42,4 +41,4 @@ func (*system) run(context.Context, func(int) func(context.Context) error) error
 func (*system) pollKernelDrops()                                                 {}
 func (*system) close()                                                           {}
 
-func receive[T any](context.Context, *packetSocket, *handler[T]) error { return nil }
+func receive[T any](context.Context, source, *handler[T]) error { return nil }

@@ -55,8 +55,13 @@ func (pr *printer) line(p udpstream.Packet[[]byte]) ([]byte, error) {
 }
 
 // appendRecord appends p's -json object, exactly as encoding/json writes
-// newRecord's, without its reflection and allocations: at high rates the
-// encoding was most of the tool's cost per datagram.
+// newRecord's (see its test), without its reflection and allocations: at
+// high rates the encoding was most of the tool's cost per datagram. The
+// field names and types are a contract that scripts parse: every key is
+// always present except error, which only error lines carry. A field the
+// stream's mode cannot see (in socket mode: id, df, udp_checksum, and
+// fragments and ext_headers of a fragmented datagram) is null, never a
+// made-up zero.
 func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	h := p.Header
 	b = append(b, `{"time":"`...)
@@ -80,26 +85,48 @@ func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	b = append(b, `,"tos":`...)
 	b = strconv.AppendUint(b, uint64(h.TOS), 10)
 	b = append(b, `,"id":`...)
-	b = strconv.AppendUint(b, uint64(h.ID), 10)
+	if h.Known(udpstream.FieldID) {
+		b = strconv.AppendUint(b, uint64(h.ID), 10)
+	} else {
+		b = append(b, "null"...)
+	}
 	b = append(b, `,"df":`...)
-	b = strconv.AppendBool(b, h.DF)
+	if h.Known(udpstream.FieldDF) {
+		b = strconv.AppendBool(b, h.DF)
+	} else {
+		b = append(b, "null"...)
+	}
 	b = append(b, `,"flow":`...)
 	b = strconv.AppendUint(b, uint64(h.FlowLabel), 10)
 	b = append(b, `,"ip_options":"`...)
 	b = hex.AppendEncode(b, h.Options)
-	b = append(b, `","ext_headers":[`...)
-	for i, x := range h.ExtHeaders {
-		if i > 0 {
-			b = append(b, ',')
+	b = append(b, `","ext_headers":`...)
+	if h.Known(udpstream.FieldExtHeaders) {
+		b = append(b, '[')
+		for i, x := range h.ExtHeaders {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, uint64(x), 10)
 		}
-		b = strconv.AppendUint(b, uint64(x), 10)
+		b = append(b, ']')
+	} else {
+		b = append(b, "null"...)
 	}
-	b = append(b, `],"fragments":`...)
-	b = strconv.AppendInt(b, int64(h.Fragments), 10)
+	b = append(b, `,"fragments":`...)
+	if h.Known(udpstream.FieldFragments) {
+		b = strconv.AppendInt(b, int64(h.Fragments), 10)
+	} else {
+		b = append(b, "null"...)
+	}
 	b = append(b, `,"udp_len":`...)
 	b = strconv.AppendUint(b, uint64(h.UDPLength), 10)
 	b = append(b, `,"udp_checksum":`...)
-	b = strconv.AppendUint(b, uint64(h.UDPChecksum), 10)
+	if h.Known(udpstream.FieldUDPChecksum) {
+		b = strconv.AppendUint(b, uint64(h.UDPChecksum), 10)
+	} else {
+		b = append(b, "null"...)
+	}
 	b = append(b, `,"len":`...)
 	b = strconv.AppendInt(b, int64(payloadLen(p)), 10)
 	b = append(b, `,"payload":"`...)
@@ -229,12 +256,15 @@ func appendNumber(b []byte, v uint64, base, width int, pad byte) []byte {
 // appendIdentity appends the readable line's column for what tells
 // datagrams apart and how they travelled: IPv4 ID and flags, or IPv6 flow
 // label and fragment ID; then fragments, options and extension headers if
-// any.
+// any. A field the mode cannot see shows as "?".
 func appendIdentity(b []byte, h udpstream.Header) []byte {
 	if h.Version == 4 {
 		b = append(b, "id "...)
-		b = strconv.AppendUint(b, uint64(h.ID), 10)
-		if h.DF {
+		b = appendKnown(b, h, udpstream.FieldID, uint64(h.ID))
+		switch {
+		case !h.Known(udpstream.FieldDF):
+			b = append(b, " DF?"...)
+		case h.DF:
 			b = append(b, " DF"...)
 		}
 		if h.MF {
@@ -247,9 +277,9 @@ func appendIdentity(b []byte, h udpstream.Header) []byte {
 	} else {
 		b = append(b, "flow 0x"...)
 		b = appendNumber(b, uint64(h.FlowLabel), 16, 5, '0')
-		if h.ID != 0 {
+		if h.ID != 0 || !h.Known(udpstream.FieldID) {
 			b = append(b, " frag-id "...)
-			b = strconv.AppendUint(b, uint64(h.ID), 10)
+			b = appendKnown(b, h, udpstream.FieldID, uint64(h.ID))
 		}
 		for i, x := range h.ExtHeaders {
 			if i == 0 {
@@ -262,9 +292,18 @@ func appendIdentity(b []byte, h udpstream.Header) []byte {
 	}
 	if h.Fragments > 1 {
 		b = append(b, " frags "...)
-		b = strconv.AppendInt(b, int64(h.Fragments), 10)
+		b = appendKnown(b, h, udpstream.FieldFragments, uint64(h.Fragments))
 	}
 	return b
+}
+
+// appendKnown appends v in decimal, or "?" when h's mode cannot see field
+// f.
+func appendKnown(b []byte, h udpstream.Header, f udpstream.HeaderFields, v uint64) []byte {
+	if !h.Known(f) {
+		return append(b, '?')
+	}
+	return strconv.AppendUint(b, v, 10)
 }
 
 // appendPreview appends the start of payload as a quoted string: printable
@@ -391,9 +430,10 @@ func plural(n uint64, noun string) string {
 
 // appendSummary appends the summary printed at exit without -stats, as
 // tcpdump prints one: the datagrams delivered, those dropped with the
-// reasons that occurred, and the kernel's drops. Each line starts with the
-// tool's prefix, so that no one takes it for the -stats object.
-func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
+// reasons that occurred, and the kernel's drops: frames of the ring, or in
+// socket mode datagrams at the socket. Each line starts with the tool's
+// prefix, so that no one takes it for the -stats object.
+func appendSummary(b []byte, st udpstream.Stats, delivered uint64, mode udpstream.Mode) []byte {
 	b = fmt.Appendf(b, "udpstream: %s delivered", plural(delivered, "datagram"))
 	if st.DecodeErrors > 0 {
 		b = fmt.Appendf(b, ", %s", plural(st.DecodeErrors, "decoder error"))
@@ -407,10 +447,13 @@ func appendSummary(b []byte, st udpstream.Stats, delivered uint64) []byte {
 			sep = ", "
 		}
 	}
+	if mode == udpstream.ModeSocket {
+		return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (socket buffer full)\n", plural(st.KernelDrops, "datagram"))
+	}
 	return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring full)\n", plural(st.KernelDrops, "frame"))
 }
 
 // printSummary prints the exit summary on stderr.
-func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64) {
-	stderr.Write(appendSummary(nil, st, delivered))
+func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64, mode udpstream.Mode) {
+	stderr.Write(appendSummary(nil, st, delivered, mode))
 }

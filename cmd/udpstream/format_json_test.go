@@ -18,28 +18,30 @@ import (
 // record is the -json line as encoding/json would write it: the
 // reference appendRecord is held to. The field names and types are a contract
 // that scripts parse: every key is always present except error, which only
-// error lines carry.
+// error lines carry. A field the stream's mode cannot see (in socket mode:
+// id, df, udp_checksum, and fragments and ext_headers of a fragmented
+// datagram) is null, never a made-up zero.
 type record struct {
-	Time        string `json:"time"`
-	IfIndex     int    `json:"ifindex"`
-	IfName      string `json:"ifname"`
-	Family      int    `json:"family"`
-	Src         string `json:"src"`
-	Sport       uint16 `json:"sport"`
-	Dst         string `json:"dst"`
-	Dport       uint16 `json:"dport"`
-	TTL         uint8  `json:"ttl"`
-	TOS         uint8  `json:"tos"`
-	ID          uint32 `json:"id"`
-	DF          bool   `json:"df"`
-	Flow        uint32 `json:"flow"`
-	IPOptions   string `json:"ip_options"`
-	ExtHeaders  []int  `json:"ext_headers"` // []int: a []uint8 would encode as base64
-	Fragments   int    `json:"fragments"`
-	UDPLen      uint16 `json:"udp_len"`
-	UDPChecksum uint16 `json:"udp_checksum"`
-	Len         int    `json:"len"`
-	Payload     string `json:"payload"`
+	Time        string  `json:"time"`
+	IfIndex     int     `json:"ifindex"`
+	IfName      string  `json:"ifname"`
+	Family      int     `json:"family"`
+	Src         string  `json:"src"`
+	Sport       uint16  `json:"sport"`
+	Dst         string  `json:"dst"`
+	Dport       uint16  `json:"dport"`
+	TTL         uint8   `json:"ttl"`
+	TOS         uint8   `json:"tos"`
+	ID          *uint32 `json:"id"`
+	DF          *bool   `json:"df"`
+	Flow        uint32  `json:"flow"`
+	IPOptions   string  `json:"ip_options"`
+	ExtHeaders  []int   `json:"ext_headers"` // []int: a []uint8 would encode as base64
+	Fragments   *int    `json:"fragments"`
+	UDPLen      uint16  `json:"udp_len"`
+	UDPChecksum *uint16 `json:"udp_checksum"`
+	Len         int     `json:"len"`
+	Payload     string  `json:"payload"`
 	// Added after the first release, after the others so that every
 	// earlier key keeps its place in the line.
 	DSCP  uint8  `json:"dscp"`
@@ -51,34 +53,44 @@ type record struct {
 func newRecord(p udpstream.Packet[[]byte], ifname string) record {
 	h := p.Header
 	r := record{
-		Time:        h.Time.UTC().Format(jsonTime),
-		IfIndex:     h.IfIndex,
-		IfName:      ifname,
-		Family:      int(h.Version),
-		Src:         h.Src.Addr().String(),
-		Sport:       h.Src.Port(),
-		Dst:         h.Dst.Addr().String(),
-		Dport:       h.Dst.Port(),
-		TTL:         h.TTL,
-		TOS:         h.TOS,
-		ID:          h.ID,
-		DF:          h.DF,
-		Flow:        h.FlowLabel,
-		IPOptions:   hex.EncodeToString(h.Options),
-		ExtHeaders:  make([]int, len(h.ExtHeaders)),
-		Fragments:   h.Fragments,
-		UDPLen:      h.UDPLength,
-		UDPChecksum: h.UDPChecksum,
-		Len:         payloadLen(p),
-		Payload:     hex.EncodeToString(p.Value),
-		DSCP:        h.DSCP(),
-		ECN:         h.ECN().String(),
+		Time:      h.Time.UTC().Format(jsonTime),
+		IfIndex:   h.IfIndex,
+		IfName:    ifname,
+		Family:    int(h.Version),
+		Src:       h.Src.Addr().String(),
+		Sport:     h.Src.Port(),
+		Dst:       h.Dst.Addr().String(),
+		Dport:     h.Dst.Port(),
+		TTL:       h.TTL,
+		TOS:       h.TOS,
+		Flow:      h.FlowLabel,
+		IPOptions: hex.EncodeToString(h.Options),
+		UDPLen:    h.UDPLength,
+		Len:       payloadLen(p),
+		Payload:   hex.EncodeToString(p.Value),
+		DSCP:      h.DSCP(),
+		ECN:       h.ECN().String(),
 	}
 	if h.Version == 6 {
 		r.HLim = &h.TTL
 	}
-	for i, x := range h.ExtHeaders {
-		r.ExtHeaders[i] = int(x)
+	if h.Known(udpstream.FieldID) {
+		r.ID = &h.ID
+	}
+	if h.Known(udpstream.FieldDF) {
+		r.DF = &h.DF
+	}
+	if h.Known(udpstream.FieldFragments) {
+		r.Fragments = &h.Fragments
+	}
+	if h.Known(udpstream.FieldUDPChecksum) {
+		r.UDPChecksum = &h.UDPChecksum
+	}
+	if h.Known(udpstream.FieldExtHeaders) {
+		r.ExtHeaders = make([]int, len(h.ExtHeaders))
+		for i, x := range h.ExtHeaders {
+			r.ExtHeaders[i] = int(x)
+		}
 	}
 	if p.Err != nil {
 		r.Error = p.Err.Error()
@@ -114,12 +126,16 @@ func appendTextFmt(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 
 // identity is the readable line's column for what tells datagrams apart
 // and how they travelled: IPv4 ID and flags, or IPv6 flow label and
-// fragment ID; then fragments, options and extension headers if any.
+// fragment ID; then fragments, options and extension headers if any. A
+// field the mode cannot see shows as "?".
 func identityFmt(h udpstream.Header) string {
 	var s string
 	if h.Version == 4 {
-		s = "id " + strconv.FormatUint(uint64(h.ID), 10)
-		if h.DF {
+		s = "id " + knownFmt(h, udpstream.FieldID, uint64(h.ID))
+		switch {
+		case !h.Known(udpstream.FieldDF):
+			s += " DF?"
+		case h.DF:
 			s += " DF"
 		}
 		if h.MF {
@@ -130,8 +146,8 @@ func identityFmt(h udpstream.Header) string {
 		}
 	} else {
 		s = fmt.Sprintf("flow 0x%05x", h.FlowLabel)
-		if h.ID != 0 {
-			s += " frag-id " + strconv.FormatUint(uint64(h.ID), 10)
+		if h.ID != 0 || !h.Known(udpstream.FieldID) {
+			s += " frag-id " + knownFmt(h, udpstream.FieldID, uint64(h.ID))
 		}
 		for i, x := range h.ExtHeaders {
 			sep := ","
@@ -142,9 +158,17 @@ func identityFmt(h udpstream.Header) string {
 		}
 	}
 	if h.Fragments > 1 {
-		s += " frags " + strconv.Itoa(h.Fragments)
+		s += " frags " + knownFmt(h, udpstream.FieldFragments, uint64(h.Fragments))
 	}
 	return s
+}
+
+// known is v in decimal, or "?" when h's mode cannot see field f.
+func knownFmt(h udpstream.Header, f udpstream.HeaderFields, v uint64) string {
+	if !h.Known(f) {
+		return "?"
+	}
+	return strconv.FormatUint(v, 10)
 }
 
 // TestAppendRecord holds appendRecord to encoding/json's encoding of the
@@ -188,6 +212,9 @@ func TestAppendRecord(t *testing.T) {
 		}
 		h.Src = netip.AddrPortFrom(src, uint16(r.UintN(65536)))
 		h.Dst = netip.AddrPortFrom(dst, uint16(r.UintN(65536)))
+		if r.UintN(3) == 0 { // as socket mode reports
+			h.Unknown = udpstream.HeaderFields(r.UintN(32))
+		}
 		p := udpstream.Packet[[]byte]{Header: h, Value: bytesOf(int(r.UintN(40)) - 1), Err: errs[r.UintN(uint(len(errs)))]}
 		name := names[r.UintN(uint(len(names)))]
 		want, err := json.Marshal(newRecord(p, name))
@@ -234,6 +261,9 @@ func TestAppendText(t *testing.T) {
 		}
 		h.Src = netip.AddrPortFrom(src, uint16(r.UintN(65536)))
 		h.Dst = netip.AddrPortFrom(dst, uint16(r.UintN(65536)))
+		if r.UintN(3) == 0 { // as socket mode reports
+			h.Unknown = udpstream.HeaderFields(r.UintN(32))
+		}
 		p := udpstream.Packet[[]byte]{Header: h, Value: bytes.Repeat([]byte{'a', 0, '"'}, int(r.UintN(20)))}
 		if r.UintN(5) == 0 {
 			p.Err = errors.New("udpstream: datagram not for the listened port")

@@ -1,11 +1,17 @@
 // Command udpstream prints the UDP datagrams addressed to one port, over
 // IPv4 and IPv6 at once, with their IP headers: TTL or hop limit, TOS or
 // traffic class, IPv4 ID and DF, IPv6 flow label, options and extension
-// headers. It needs CAP_NET_RAW (see -demo for a way to try it without).
+// headers. With CAP_NET_RAW it receives through packet sockets and sees
+// every header field (ring mode); without, it receives through its UDP
+// socket and sees what the kernel's control messages tell (socket mode:
+// not the IPv4 ID and DF, the UDP checksum or the fragment count). -mode
+// ring or -mode socket chooses; without -mode it runs ring mode where it
+// may open packet sockets and socket mode otherwise. See -demo for a way
+// to try ring mode without CAP_NET_RAW.
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -15,7 +21,11 @@
 //	udpstream: listening on port N
 //
 // with the port actually bound, which is how a script learns the port that
-// -port 0 picked. Then each datagram is one line on stdout, written as soon
+// -port 0 picked, and the second
+//
+//	udpstream: mode M
+//
+// with the mode that runs, ring or socket. Then each datagram is one line on stdout, written as soon
 // as no further datagram is waiting (so that a burst takes few writes and
 // no line waits while the tool is idle): a readable line aligned for a terminal, or with -json one
 // JSON object with the fields time, ifindex, ifname, family, src, sport,
@@ -23,6 +33,10 @@
 // udp_len, udp_checksum, len, payload, dscp, ecn (the RFC 3168 name:
 // Not-ECT, ECT(1), ECT(0) or CE), hlim (the IPv6 hop limit, which ttl also
 // gives; null for IPv4), and error on error lines only. Times are UTC.
+// A field the mode cannot see is null: in socket mode id, df (IPv4) and
+// udp_checksum always, and fragments of a fragmented datagram (and its
+// ext_headers, which lack the Fragment header); the readable line shows
+// "?" for them.
 //
 // -w FILE writes each delivered datagram to FILE as well, as a pcapng
 // capture that Wireshark, tshark and tcpdump read: raw IP (LINKTYPE_RAW),
@@ -111,7 +125,8 @@ type options struct {
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
 	top        bool
-	bufferKiB  int // -B: the kernel ring per family
+	bufferKiB  int    // -B: the kernel ring per family
+	mode       string // -mode: "ring", "socket", or "" to choose
 }
 
 // defaultBufferKiB is the command's kernel ring per address family: four
@@ -145,10 +160,11 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
+	fs.StringVar(&o.mode, "mode", "", "receive through packet sockets (`ring`, needs CAP_NET_RAW, every header field) or the UDP socket (socket: no privilege, no IPv4 ID or DF, UDP checksum or fragment count); default ring where packet sockets can be opened, socket otherwise")
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -184,6 +200,14 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w needs a file name, or - for stdout")
 	case o.top && (o.json || o.write != ""):
 		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
+	case o.mode == "kernel":
+		return o, usageError("-mode kernel: kernel-verdict mode is not available yet: use ring or socket")
+	case o.mode != "" && o.mode != "ring" && o.mode != "socket":
+		return o, usageError(fmt.Sprintf("-mode %q: want ring or socket", o.mode))
+	case o.mode == "socket" && o.write != "":
+		return o, usageError("-w writes whole IP datagrams, which -mode socket does not receive: use -mode ring")
+	case o.mode == "socket" && (o.monitor || o.portErrors):
+		return o, usageError("-monitor and -port-errors need packet sockets: use -mode ring")
 	case o.monitor && o.echo:
 		// A monitor holds no socket on the port to reply from.
 		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
@@ -215,6 +239,13 @@ func (o options) streamOptions() []udpstream.Option {
 	}
 	if o.monitor {
 		opts = append(opts, udpstream.WithMonitor())
+	}
+	switch {
+	case o.mode == "socket":
+		opts = append(opts, udpstream.WithMode(udpstream.ModeSocket))
+	case o.mode == "" && o.write == "":
+		// A capture needs the IP header bytes only the ring receives.
+		opts = append(opts, udpstream.WithMode(udpstream.ModeAuto))
 	}
 	return opts
 }
@@ -404,7 +435,7 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 		return fail(stderr, err)
 	}
 	defer s.Close()
-	fmt.Fprintf(stderr, "udpstream: listening on port %d\n", s.Port())
+	fmt.Fprintf(stderr, "udpstream: listening on port %d\nudpstream: mode %v\n", s.Port(), s.Mode())
 
 	if o.top {
 		return showTop(s, o, stdout, stderr)
@@ -445,7 +476,7 @@ func listen(ctx context.Context, o options, stdout, stderr io.Writer) int {
 	if o.stats {
 		printStats(stderr, s.Stats(), out.delivered())
 	} else {
-		printSummary(stderr, s.Stats(), out.delivered())
+		printSummary(stderr, s.Stats(), out.delivered(), s.Mode())
 	}
 	if err := s.Err(); err != nil {
 		return fail(stderr, err)
@@ -468,7 +499,7 @@ func showTop(s *udpstream.Stream[datagram], o options, stdout, stderr io.Writer)
 	if o.stats {
 		printStats(stderr, s.Stats(), n)
 	} else {
-		printSummary(stderr, s.Stats(), n)
+		printSummary(stderr, s.Stats(), n, s.Mode())
 	}
 	if err != nil && !outputClosed(err) {
 		return fail(stderr, fmt.Errorf("writing output: %w", err))

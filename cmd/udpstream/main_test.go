@@ -38,6 +38,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-monitor"}, "-monitor needs -port N"},
 		{[]string{"-monitor", "-port", "0"}, "-monitor needs -port N"},
 		{[]string{"-monitor", "-port", "53", "-echo"}, "-monitor and -echo exclude each other"},
+		{[]string{"-mode", "kernel"}, "-mode kernel: kernel-verdict mode is not available yet"},
+		{[]string{"-mode", "raw"}, `-mode "raw": want ring or socket`},
+		{[]string{"-mode", "socket", "-w", "x.pcapng"}, "-w writes whole IP datagrams, which -mode socket does not receive"},
+		{[]string{"-mode", "socket", "-port-errors"}, "-monitor and -port-errors need packet sockets"},
 		{[]string{"-demo", "-monitor"}, "-demo takes only -json and -stats, not -monitor"},
 		{[]string{"-w", "-", "-json"}, "-w - writes the capture to stdout, where -json would print"},
 		{[]string{"-w", "-", "-port-errors"}, "give -w a file name"},
@@ -68,7 +72,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-top"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-top", "-mode"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
@@ -80,13 +84,17 @@ func TestStreamOptions(t *testing.T) {
 		args []string
 		n    int
 	}{
-		// The ring size is always one.
-		{nil, 1},
-		{[]string{"-4"}, 2},
-		{[]string{"-6", "-i", "eth0", "-port-errors"}, 4},
-		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 1},
-		{[]string{"-monitor", "-port", "53"}, 2},
-		{[]string{"-B", "2048"}, 1},
+		// The ring size is always one; without -mode, the mode is
+		// chosen (ModeAuto), except for a capture, which needs the ring.
+		{nil, 2},
+		{[]string{"-4"}, 3},
+		{[]string{"-6", "-i", "eth0", "-port-errors"}, 5},
+		{[]string{"-json", "-count", "3", "-stats", "-echo"}, 2},
+		{[]string{"-monitor", "-port", "53"}, 3},
+		{[]string{"-B", "2048"}, 2},
+		{[]string{"-mode", "ring"}, 1},
+		{[]string{"-mode", "socket", "-4"}, 3},
+		{[]string{"-w", "x.pcapng"}, 1},
 	} {
 		o, err := parseArgs(tc.args, nil)
 		if err != nil {
@@ -113,7 +121,7 @@ func TestMessage(t *testing.T) {
 }
 
 // jsonKeys is the -json contract: every key, in the order printed, with
-// its JSON type.
+// its JSON type. Those that a mode may not see may be null (see nullable).
 var jsonKeys = []struct{ name, typ string }{
 	{"time", "string"},
 	{"ifindex", "number"},
@@ -140,6 +148,10 @@ var jsonKeys = []struct{ name, typ string }{
 	{"hlim", "number"},  // null for IPv4
 	{"error", "string"}, // error lines only
 }
+
+// nullable are the keys that are null where the mode cannot see the field
+// (socket mode); checkDatagram says when they must be.
+var nullable = []string{"id", "df", "ext_headers", "fragments", "udp_checksum"}
 
 // ecnNames are the RFC 3168 names of the ECN codepoints, by value.
 var ecnNames = []string{"Not-ECT", "ECT(1)", "ECT(0)", "CE"}
@@ -204,8 +216,8 @@ func checkSchema(t *testing.T, line string, isError bool) map[string]any {
 			}
 		case nil:
 			typ = "null"
-			if k.name == "hlim" && m["family"] == 4.0 {
-				typ = k.typ // IPv4 has no hop limit
+			if k.name == "hlim" && m["family"] == 4.0 || slices.Contains(nullable, k.name) {
+				typ = k.typ // IPv4 has no hop limit; a mode may not see the field
 			}
 		}
 		if typ != k.typ {
@@ -254,6 +266,7 @@ type wantDatagram struct {
 	payload    []byte
 	ifname     string
 	ifindex    int
+	socket     bool // socket mode: what a socket cannot see must be null
 }
 
 // checkDatagram checks a decoded -json line field by field.
@@ -287,7 +300,25 @@ func checkDatagram(t *testing.T, m map[string]any, w wantDatagram) {
 		}
 		check("ext_headers", ext)
 	}
-	check("fragments", float64(w.fragments))
+	if w.fragments != 0 {
+		check("fragments", float64(w.fragments))
+	} else {
+		check("fragments", nil)
+	}
+	// Null exactly where the mode cannot see the field.
+	// (An unfragmented IPv6 datagram's id is 0: it has no fragment ID.)
+	unseen := []string{"udp_checksum"}
+	if family == 4 || w.fragments != 1 {
+		unseen = append(unseen, "id")
+	}
+	if family == 4 {
+		unseen = append(unseen, "df")
+	}
+	for _, k := range unseen {
+		if v, ok := m[k]; !ok || (v == nil) != w.socket {
+			t.Errorf("%s: %#v in %s mode", k, v, map[bool]string{false: "ring", true: "socket"}[w.socket])
+		}
+	}
 	check("len", float64(len(w.payload)))
 	check("udp_len", float64(len(w.payload)+8))
 	check("payload", hex.EncodeToString(w.payload))
@@ -533,21 +564,26 @@ func TestSummary(t *testing.T) {
 	for _, tc := range []struct {
 		st        udpstream.Stats
 		delivered uint64
+		mode      udpstream.Mode
 		want      string
 	}{
-		{udpstream.Stats{}, 0, "udpstream: 0 datagrams delivered\n" +
+		{udpstream.Stats{}, 0, udpstream.ModeRing, "udpstream: 0 datagrams delivered\n" +
 			"udpstream: 0 datagrams dropped\n" +
 			"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
-		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7,
+		{udpstream.Stats{Delivered: 9, OtherPort: 2, BadUDPChecksum: 1, KernelDrops: 1}, 7, udpstream.ModeRing,
 			"udpstream: 7 datagrams delivered\n" +
 				"udpstream: 3 datagrams dropped: 2 to another port, 1 bad UDP checksum\n" +
 				"udpstream: 1 frame dropped by the kernel (receive ring full)\n"},
-		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1,
+		{udpstream.Stats{Delivered: 1, DecodeErrors: 1, FragTimeout: 1}, 1, udpstream.ModeRing,
 			"udpstream: 1 datagram delivered, 1 decoder error\n" +
 				"udpstream: 1 datagram dropped: 1 reassembly timed out\n" +
 				"udpstream: 0 frames dropped by the kernel (receive ring full)\n"},
+		{udpstream.Stats{Delivered: 4, KernelDrops: 2}, 4, udpstream.ModeSocket,
+			"udpstream: 4 datagrams delivered\n" +
+				"udpstream: 0 datagrams dropped\n" +
+				"udpstream: 2 datagrams dropped by the kernel (socket buffer full)\n"},
 	} {
-		got := string(appendSummary(nil, tc.st, tc.delivered))
+		got := string(appendSummary(nil, tc.st, tc.delivered, tc.mode))
 		if got != tc.want {
 			t.Errorf("summary of %+v:\n%s\nwant\n%s", tc.st, got, tc.want)
 		}

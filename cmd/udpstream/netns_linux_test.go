@@ -204,6 +204,7 @@ type proc struct {
 	code           int
 	cancel         func() // in-process: cancel the context; binary: nil
 	cmd            *exec.Cmd
+	mode           string // the mode the second stderr line named, once port has read it
 
 	restOut, restErr []string // what wait collected
 }
@@ -318,9 +319,13 @@ func next(t *testing.T, ch <-chan string, what string) string {
 	return ""
 }
 
-var listeningRE = regexp.MustCompile(`^udpstream: listening on port ([0-9]+)$`)
+var (
+	listeningRE = regexp.MustCompile(`^udpstream: listening on port ([0-9]+)$`)
+	modeRE      = regexp.MustCompile(`^udpstream: mode (ring|socket)$`)
+)
 
-// port reads the first stderr line, which must say the port.
+// port reads the first stderr line, which must say the port, and the
+// second, which must say the mode (kept in p.mode).
 func (p *proc) port(t *testing.T) uint16 {
 	t.Helper()
 	l := next(t, p.stderr, "stderr")
@@ -332,6 +337,12 @@ func (p *proc) port(t *testing.T) uint16 {
 	if err != nil || n == 0 {
 		t.Fatalf("port in %q: %v", l, err)
 	}
+	l = next(t, p.stderr, "stderr")
+	mm := modeRE.FindStringSubmatch(l)
+	if mm == nil {
+		t.Fatalf("second stderr line %q, want %q", l, "udpstream: mode M")
+	}
+	p.mode = mm[1]
 	return uint16(n)
 }
 

@@ -82,7 +82,15 @@ func TestRunJSON(t *testing.T) {
 		send(t, s, w.dst, w.payload)
 	}
 
-	for range 3 {
+	checkRun(t, p, want)
+}
+
+// checkRun reads a -json line from each source of want, in any order,
+// checks it, and then the exit of a run given -count len(want).
+func checkRun(t *testing.T, p *proc, want map[netip.AddrPort]wantDatagram) {
+	t.Helper()
+	n := len(want)
+	for range n {
 		m := checkSchema(t, next(t, p.stdout, "stdout"), false)
 		from := netip.AddrPortFrom(netip.MustParseAddr(m["src"].(string)), uint16(m["sport"].(float64)))
 		w, ok := want[from]
@@ -93,8 +101,8 @@ func TestRunJSON(t *testing.T) {
 		checkDatagram(t, m, w)
 	}
 	code, stdout, stderr := p.wait(t)
-	if rest := checkSummary(t, stderr, 3); code != exitOK || len(stdout) != 0 || len(rest) != 0 {
-		t.Errorf("after -count 3: exit %d, more stdout %q, stderr %q", code, stdout, stderr)
+	if rest := checkSummary(t, stderr, n); code != exitOK || len(stdout) != 0 || len(rest) != 0 {
+		t.Errorf("after -count %d: exit %d, more stdout %q, stderr %q", n, code, stdout, stderr)
 	}
 }
 
