@@ -29,6 +29,9 @@
 //   - udpstream: udpstream.Open with default options, ranging over the
 //     channel, with a decoder that copies nothing and touches the payload.
 //   - udpstream-copy: the same with the built-in udpstream.Payload decoder.
+//   - udpstream-socket: udpstream with WithMode(ModeSocket): no packet
+//     socket; the port's UDP socket read with recvmmsg and control messages
+//     for TTL / hop limit, TOS, destination, interface and time.
 //   - udpstream-fanout2: udpstream with WithFanout(2): two packet sockets
 //     per family in a fanout group, each with its own receive goroutine.
 //

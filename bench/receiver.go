@@ -28,9 +28,10 @@ const (
 	recvUDPStream     = "udpstream"
 	recvUDPStreamCopy = "udpstream-copy"
 	recvUDPStreamFan  = "udpstream-fanout2"
+	recvUDPStreamSock = "udpstream-socket"
 )
 
-var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan}
+var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock}
 
 // recvConfig is what a receiver is told about the traffic it waits for.
 // Every receiver listens on both families.
@@ -48,6 +49,7 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvUDPStream:     openUDPStream,
 	recvUDPStreamCopy: openUDPStreamCopy,
 	recvUDPStreamFan:  openUDPStreamFanout,
+	recvUDPStreamSock: openUDPStreamSocket,
 }
 
 // session is one receiver at work.

@@ -26,6 +26,12 @@ func openUDPStreamFanout(c recvConfig, m *meter) (*session, error) {
 	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v }, udpstream.WithFanout(2))
 }
 
+// openUDPStreamSocket is openUDPStream in socket mode: the UDP socket
+// alone, with control messages, no packet socket.
+func openUDPStreamSocket(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v }, udpstream.WithMode(udpstream.ModeSocket))
+}
+
 // openUDPStreamCopy is udpstream with default options and the built-in
 // Payload decoder, which copies each payload into a new slice.
 func openUDPStreamCopy(c recvConfig, m *meter) (*session, error) {
