@@ -18,29 +18,7 @@ import (
 // every datagram it kept one of the burst, and a verdict per output kind
 // of the command. Under CI it must run: tcpdump missing fails it.
 func TestCaptureQuick(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "capture.json")
-	var stdout, stderr bytes.Buffer
-	code := dispatch([]string{"-capture", "-quick", "-json-out", out}, &stdout, &stderr)
-	t.Logf("stdout:\n%s", stdout.String())
-	if code == exitNoNamespace || code == exitNoCapture {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("the capture comparison cannot run in CI:\n%s", stderr.String())
-		}
-		t.Skipf("the capture comparison cannot run here:\n%s", stderr.String())
-	}
-	if code != 0 {
-		t.Fatalf("bench -capture -quick exited %d; stderr:\n%s", code, stderr.String())
-	}
-	b, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var rep report
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
-		t.Fatalf("the JSON output does not decode: %v", err)
-	}
+	rep := benchReport(t, "the capture comparison", []int{exitNoNamespace, exitNoCapture}, "-capture", "-quick")
 	cr := rep.Capture
 	if cr == nil || cr.Error != "" || len(rep.Runs) != 0 {
 		t.Fatalf("capture report %+v, %d receiver runs; want a capture report alone", cr, len(rep.Runs))
