@@ -24,9 +24,9 @@ func TestMain(m *testing.M) {
 }
 
 // benchReport runs the bench with args and a JSON output file, and returns
-// the report it wrote. An exit status in cannot means the bench cannot run
+// the report it wrote, and its standard output. An exit status in cannot means the bench cannot run
 // here: the test is skipped, except under CI, where that fails it.
-func benchReport(t *testing.T, what string, cannot []int, args ...string) report {
+func benchReport(t *testing.T, what string, cannot []int, args ...string) (report, string) {
 	t.Helper()
 	out := filepath.Join(t.TempDir(), "bench.json")
 	var stdout, stderr bytes.Buffer
@@ -51,14 +51,14 @@ func benchReport(t *testing.T, what string, cannot []int, args ...string) report
 	if err := dec.Decode(&rep); err != nil {
 		t.Fatalf("the JSON output does not decode: %v", err)
 	}
-	return rep
+	return rep, stdout.String()
 }
 
 // TestQuickRun runs the -quick smoke end to end, in a namespace of its
 // own, and checks the JSON it writes: well-formed, every receiver in every
 // run, both ping-pong servers, and the targets judged.
 func TestQuickRun(t *testing.T) {
-	rep := benchReport(t, "the bench", []int{exitNoNamespace}, "-quick")
+	rep, stdout := benchReport(t, "the bench", []int{exitNoNamespace}, "-quick")
 	if !rep.Meta.Quick || rep.Meta.Count != quickCount || rep.Meta.Rounds != quickRounds {
 		t.Errorf("meta = %+v, want a quick run of %d datagrams and %d round", rep.Meta, quickCount, quickRounds)
 	}
@@ -89,7 +89,7 @@ func TestQuickRun(t *testing.T) {
 			if !r.Flood && s.Delivered == 0 {
 				t.Errorf("run %s, %s: delivered nothing", r.Name, name)
 			}
-			if !strings.Contains(stdout.String(), name) {
+			if !strings.Contains(stdout, name) {
 				t.Errorf("the table does not name %s", name)
 			}
 		}

@@ -18,7 +18,7 @@ import (
 // every datagram it kept one of the burst, and a verdict per output kind
 // of the command. Under CI it must run: tcpdump missing fails it.
 func TestCaptureQuick(t *testing.T) {
-	rep := benchReport(t, "the capture comparison", []int{exitNoNamespace, exitNoCapture}, "-capture", "-quick")
+	rep, _ := benchReport(t, "the capture comparison", []int{exitNoNamespace, exitNoCapture}, "-capture", "-quick")
 	cr := rep.Capture
 	if cr == nil || cr.Error != "" || len(rep.Runs) != 0 {
 		t.Fatalf("capture report %+v, %d receiver runs; want a capture report alone", cr, len(rep.Runs))
