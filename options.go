@@ -50,6 +50,8 @@ type config struct {
 	anyDestination bool
 	fanout         int
 	send           SendOptions
+	joins          []groupJoin // WithJoin, WithJoinSource
+	mcastLoop      *bool       // WithMulticastLoopback; nil keeps the kernel's
 
 	reasmTimeout    time.Duration
 	reasmTimeoutSet bool // by WithReassembly, over the namespace's ipfrag_time and ip6frag_time

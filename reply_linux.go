@@ -40,7 +40,7 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 		// answered from the interface's own address, which the kernel
 		// picks; the reply leaves by the interface it came in on.
 		src = netip.Addr{}
-	} else if !src.IsLinkLocalUnicast() && !dst.Addr().IsLinkLocalUnicast() {
+	} else if !src.IsLinkLocalUnicast() && !dst.Addr().IsLinkLocalUnicast() && !dst.Addr().IsMulticast() {
 		ifIndex = 0 // the routing table chooses, as for any reply
 	}
 	if dst.Addr().Unmap().Is4() {

@@ -93,6 +93,9 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 			return nil, err
 		}
 	}
+	if err := cfg.checkJoins(); err != nil {
+		return nil, err
+	}
 	if cfg.monitor && port == 0 {
 		return nil, optionErr("monitor mode needs a port: there is nothing to pick a free one from")
 	}
@@ -790,7 +793,7 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	}
 	var ok bool
 	if a.IsMulticast() {
-		set, ok = h.local.lookupGroup(a, ifIndex, set.onLoopback(ifIndex))
+		set, ok = h.local.lookupGroup(src, a, ifIndex, set.onLoopback(ifIndex))
 	} else {
 		set, ok = h.local.lookup(a)
 	}

@@ -20,6 +20,7 @@ type system struct {
 	port    uint16
 	sources []*packetSocket
 	reserve *net.UDPConn // nil in monitor mode
+	joins   *memberships // nil without WithJoin
 	watcher *addrWatcher
 	local   *localAddrs
 	spare   int // a packet socket not yet made one of sources, or -1
@@ -96,13 +97,16 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 		}
 	}
 
-	if s.watcher, err = newAddrWatcher(); err != nil {
+	if s.watcher, err = newAddrWatcher(len(cfg.joins) > 0); err != nil {
 		return nil, err
 	}
 	s.local = s.watcher.la
 	// A "udp" stream reserves with an AF_INET socket where the host has
 	// no IPv6.
 	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
+	if err := s.multicast(cfg, ifIndex); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -296,4 +300,5 @@ func (s *system) close() {
 	if s.reserve != nil {
 		s.reserve.Close()
 	}
+	s.joins.close()
 }
