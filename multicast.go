@@ -25,7 +25,19 @@ type groupJoin struct {
 // In monitor mode, which has no socket on the port, the memberships are
 // held by a UDP socket of the stream's bound to no port, which receives
 // nothing. The memberships end with the stream, whose socket closes.
-// Addresses that are not multicast groups are an error.
+// Addresses that are not multicast groups are an error. A failed join on
+// the WithInterface interface fails Open; elsewhere the interface is
+// skipped, as one going away.
+//
+// Datagrams to a group that a program on this host sends, the stream's
+// own included, are not seen: the kernel loops them back to sockets, but
+// never hands them to packet sockets (tpacket_rcv drops PACKET_LOOPBACK).
+//
+// A reply to a datagram sent to a group is sent by unicast from an address
+// of the interface it came in on. Stream.Send sends to a group: an IPv6
+// one given the interface as zone (ff02::fb%eth0), an IPv4 one by the
+// interface of from; its TTL is SendOptions.TTL, or the kernel's default
+// for multicast, 1.
 func WithJoin(groups ...netip.Addr) Option {
 	return Option{func(c *config) error {
 		for _, g := range groups {

@@ -298,3 +298,67 @@ func TestJoinFollowsInterfaces(t *testing.T) {
 	s.Close()
 	waitGroups(t, "late0", false, joinG4, joinG6)
 }
+
+// TestMulticastLoopback sends to a group from the stream: the kernel
+// loops the datagram back to the host's members of the group, here a
+// plain socket, unless WithMulticastLoopback(false) says not to. (Packet
+// sockets never see looped-back copies, so the stream cannot be the
+// member: tpacket_rcv drops PACKET_LOOPBACK.)
+func TestMulticastLoopback(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	vethPair(t, "lp0", "lp1")
+	ip(t, "addr", "add", "192.0.2.1/24", "dev", "lp0")
+	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "lp0", "nodad")
+	member, err := net.ListenUDP("udp", &net.UDPAddr{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer member.Close()
+	mport := uint16(member.LocalAddr().(*net.UDPAddr).Port)
+	// The dual-stack socket joins both families' groups itself.
+	m := &groupMember{fd4: sysFD(t, member), fd6: sysFD(t, member)}
+	m.set(t, joinG4, "lp0", true)
+	m.set(t, joinG6, "lp0", true)
+	buf := make([]byte, 100)
+	for _, loop := range []bool{true, false} {
+		s := openT(t, 0, Payload, WithMulticastLoopback(loop))
+		for _, d := range []netip.AddrPort{
+			netip.AddrPortFrom(joinG4, mport),
+			netip.AddrPortFrom(joinG6.WithZone("lp0"), mport),
+		} {
+			from := joinHost4
+			if d.Addr().Is6() {
+				from = joinHost6
+			}
+			if err := s.Send([]byte("loop"), from, d, SendOptions{}); err != nil {
+				t.Fatalf("send to %v: %v", d, err)
+			}
+			member.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+			_, src, err := member.ReadFromUDPAddrPort(buf)
+			switch {
+			case loop && err != nil:
+				t.Fatalf("loopback on: the member did not get the datagram to %v: %v", d, err)
+			case loop && src.Addr().Unmap() != from:
+				t.Fatalf("loopback on: the datagram to %v came from %v, want %v", d, src, from)
+			case !loop && err == nil:
+				t.Fatalf("loopback off: the member got the datagram to %v", d)
+			}
+		}
+		s.Close()
+	}
+}
+
+// sysFD returns c's file descriptor, which stays c's.
+func sysFD(t *testing.T, c *net.UDPConn) int {
+	t.Helper()
+	rc, err := c.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	rc.Control(func(f uintptr) { fd = int(f) })
+	return fd
+}

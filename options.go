@@ -191,8 +191,8 @@ func WithMonitor() Option {
 // default only what the kernel would deliver to a socket bound to the
 // unspecified address is: datagrams to a unicast or broadcast address of
 // this host, and to multicast groups the arrival interface belongs to
-// (IPv4 ones only with WithNetwork("udp4"): a dual-stack socket has
-// IP_MULTICAST_ALL off).
+// (IPv4 ones only with WithNetwork("udp4"), or joined with WithJoin: a
+// dual-stack socket has IP_MULTICAST_ALL off).
 func WithAnyDestination() Option {
 	return Option{func(c *config) error {
 		c.anyDestination = true
