@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -41,6 +41,11 @@
 // with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
 // is as it was, with the summary below what was there.
 //
+// -join GROUP joins a multicast group, IPv4 or IPv6, on the interface of
+// -i or on every interface that is up (and those that come up later), for
+// as long as the tool runs; it may be given several times. Datagrams to
+// the group are printed with the group as dst.
+//
 // It reserves the port with a socket of its own, so that the kernel does
 // not answer ICMP port unreachable; -monitor instead observes a port that
 // another process owns, without reserving it and without -echo.
@@ -65,6 +70,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -111,7 +117,8 @@ type options struct {
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
 	top        bool
-	bufferKiB  int // -B: the kernel ring per family
+	bufferKiB  int          // -B: the kernel ring per family
+	join       []netip.Addr // -join, in the order given
 }
 
 // defaultBufferKiB is the command's kernel ring per address family: four
@@ -145,10 +152,21 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
+	fs.Func("join", "join the multicast `group` (repeatable), on the interface of -i or on every one that is up", func(v string) error {
+		g, err := netip.ParseAddr(v)
+		switch {
+		case err != nil || !g.IsMulticast():
+			return fmt.Errorf("%q is not a multicast group", v)
+		case g.Zone() != "":
+			return fmt.Errorf("%q: give the interface with -i, not as a zone", v)
+		}
+		o.join = append(o.join, g)
+		return nil
+	})
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -184,6 +202,10 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w needs a file name, or - for stdout")
 	case o.top && (o.json || o.write != ""):
 		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
+	case o.only6 && slices.ContainsFunc(o.join, netip.Addr.Is4):
+		return o, usageError("-6 and an IPv4 -join group exclude each other")
+	case o.only4 && slices.ContainsFunc(o.join, netip.Addr.Is6):
+		return o, usageError("-4 and an IPv6 -join group exclude each other")
 	case o.monitor && o.echo:
 		// A monitor holds no socket on the port to reply from.
 		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
@@ -215,6 +237,9 @@ func (o options) streamOptions() []udpstream.Option {
 	}
 	if o.monitor {
 		opts = append(opts, udpstream.WithMonitor())
+	}
+	if len(o.join) > 0 {
+		opts = append(opts, udpstream.WithJoin(o.join...))
 	}
 	return opts
 }
