@@ -291,8 +291,9 @@ type Stats struct {
 	Unsupported uint64 `json:"unsupported"`
 	// NotLocal counts datagrams whose destination is not an address of
 	// this host (or whose source is a martian the kernel refuses, such
-	// as 127.0.0.1 arriving on an Ethernet link): forwarded traffic, or a
-	// datagram to an address removed a moment ago.
+	// as 127.0.0.1 arriving on an Ethernet link): forwarded traffic, a
+	// datagram to an address removed a moment ago, or one to a group the
+	// stream joined only for other sources (WithJoinSource).
 	NotLocal uint64 `json:"not_local"`
 	// TooLong counts datagrams larger than the receive buffer could hold:
 	// one too big for its ring slot when the socket's queue had no room
