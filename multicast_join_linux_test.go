@@ -362,3 +362,88 @@ func sysFD(t *testing.T, c *net.UDPConn) int {
 	rc.Control(func(f uintptr) { fd = int(f) })
 	return fd
 }
+
+// TestJoinBridge joins groups on a bridge with two peer hosts on its
+// ports, one sending to the groups, the other a member of them: the
+// stream receives each datagram once, on the bridge (the ports hand their
+// frames to it), and the other member hears the sender too.
+func TestJoinBridge(t *testing.T) {
+	if isPeer(t) {
+		ifi := peerInterface(t)
+		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
+		host := map[string]int{"ba1": 0, "bb1": 1}[ifi.Name]
+		ip(t, "addr", "add", joinPeer4[host].String()+"/24", "dev", ifi.Name)
+		ip(t, "-6", "addr", "add", joinPeer6[host].String()+"/64", "dev", ifi.Name, "nodad")
+		if host == 1 {
+			// The member: it hears the sender's datagrams to the port.
+			r := openT(t, uint16(port), Payload, WithJoin(joinG4, joinG6))
+			heard := map[bool]bool{}
+			for len(heard) < 2 {
+				p := recvOne(t, r.Packets(), 10*time.Second)
+				if p.Err == nil && (p.Header.Src.Addr() == joinPeer4[0] || p.Header.Src.Addr() == joinPeer6[0]) {
+					heard[p.Header.Version == 4] = true
+				}
+			}
+			return
+		}
+		// The sender: numbered datagrams, until the member has had time
+		// to start.
+		r := openT(t, 0, Payload)
+		for i := range 40 {
+			for _, d := range []netip.AddrPort{
+				netip.AddrPortFrom(joinG4, uint16(port)),
+				netip.AddrPortFrom(joinG6.WithZone(ifi.Name), uint16(port)),
+			} {
+				from := joinPeer4[0]
+				if d.Addr().Is6() {
+					from = joinPeer6[0]
+				}
+				if err := r.Send([]byte(strconv.Itoa(i)), from, d, SendOptions{}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			time.Sleep(25 * time.Millisecond)
+		}
+		return
+	}
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "link", "add", "br0", "type", "bridge")
+	ip(t, "link", "set", "br0", "up")
+	ip(t, "addr", "add", "192.0.2.1/24", "dev", "br0")
+	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "br0", "nodad")
+	for _, p := range []string{"ba", "bb"} {
+		ip(t, "link", "add", p+"0", "type", "veth", "peer", "name", p+"1")
+		ip(t, "link", "set", p+"0", "master", "br0")
+		ip(t, "link", "set", p+"0", "up")
+	}
+	br, err := net.InterfaceByName("br0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := openT(t, 0, Payload, WithJoin(joinG4, joinG6))
+	waitGroups(t, "br0", true, joinG4, joinG6)
+	env := "UDPSTREAM_PORT=" + strconv.Itoa(int(s.Port()))
+	waitMember := startPeer(t, "bb1", env)
+	waitSender := startPeer(t, "ba1", env)
+	seen := map[string]bool{}
+	for len(seen) < 80 {
+		p := recvOne(t, s.Packets(), 10*time.Second)
+		if p.Err != nil {
+			t.Fatal(p.Err)
+		}
+		key := fmt.Sprintf("%s to %v", p.Value, p.Header.Dst.Addr().WithZone(""))
+		if seen[key] {
+			t.Fatalf("%s: delivered twice", key)
+		}
+		seen[key] = true
+		if p.Header.IfIndex != br.Index {
+			t.Fatalf("%s: arrived on interface %d, want the bridge, %d", key, p.Header.IfIndex, br.Index)
+		}
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	waitSender()
+	waitMember()
+}
