@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"net/netip"
 	"os"
 	"os/signal"
 	"sync"
@@ -189,4 +190,35 @@ func ExampleValue() {
 	o := udpstream.SendOptions{TTL: udpstream.Value(64)}
 	fmt.Println(o.TTL, o.TOS)
 	// Output: 64 unset
+}
+
+// An mDNS responder: it joins the mDNS groups of both families on one
+// interface and answers each query to the group, with TTL 255 as RFC 6762
+// asks. (answer stands for the program's own record lookup.)
+func ExampleWithJoin() {
+	mdns4, mdns6 := netip.MustParseAddr("224.0.0.251"), netip.MustParseAddr("ff02::fb")
+	s, err := udpstream.Open(context.Background(), 5353, udpstream.Payload,
+		udpstream.WithInterface("eth0"), udpstream.WithJoin(mdns4, mdns6))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer s.Close()
+	answer := func(query []byte) []byte { return nil }
+	ttl := udpstream.SendOptions{TTL: udpstream.Value(255)}
+	for p := range s.Packets() {
+		if p.Err != nil || !p.Header.Dst.Addr().IsMulticast() {
+			continue
+		}
+		a := answer(p.Value)
+		if a == nil {
+			continue
+		}
+		// To the group it came to, from the interface's address, by the
+		// interface the stream is bound to (for IPv6 the group's zone,
+		// eth0, names it too).
+		group := netip.AddrPortFrom(p.Header.Dst.Addr(), 5353)
+		if err := s.Send(a, netip.Addr{}, group, ttl); err != nil {
+			log.Print(err)
+		}
+	}
 }

@@ -115,6 +115,9 @@ type localAddrs struct {
 	// dual-stack socket that joined nothing gets no IPv4 multicast
 	// (ip_mc_sf_allow).
 	mcast4 bool
+	// joins holds the stream's own memberships (WithJoin), nil when it
+	// joined none.
+	joins atomic.Pointer[joinSet]
 	// lastRefresh is when lookup last called refresh (monotonic
 	// nanoseconds since clockBase), so that a flood of datagrams to other
 	// hosts' addresses costs at most one refresh per missRefreshEvery.
@@ -144,13 +147,20 @@ func (l *localAddrs) lookup(a netip.Addr) (*addrSet, bool) {
 	return set, false
 }
 
-// lookupGroup reports whether a datagram to multicast group g arriving on
-// interface ifIndex would be delivered to a socket bound to the
-// unspecified address that joined no group, and the address set that said
-// so. loopback says ifIndex is a loopback interface.
-func (l *localAddrs) lookupGroup(g netip.Addr, ifIndex int, loopback bool) (*addrSet, bool) {
+// lookupGroup reports whether a datagram from src to multicast group g
+// arriving on interface ifIndex would be delivered to a socket bound to
+// the unspecified address that holds the stream's memberships, and the
+// address set that said so. loopback says ifIndex is a loopback
+// interface.
+func (l *localAddrs) lookupGroup(src, g netip.Addr, ifIndex int, loopback bool) (*addrSet, bool) {
 	set := l.cur.Load()
-	if g.Is4() && !l.mcast4 {
+	// A group the socket joined is its own to take or refuse, whatever
+	// IP_MULTICAST_ALL says; others follow that default.
+	decided, ok := l.joins.Load().decides(g, src, ifIndex)
+	if decided && !ok {
+		return set, false
+	}
+	if g.Is4() && !l.mcast4 && !decided {
 		return set, false
 	}
 	if g.Is6() {

@@ -25,16 +25,26 @@ type addrWatcher struct {
 	rc   syscall.RawConn
 	mu   sync.Mutex // one reader of the notification socket at a time
 	buf  []byte
+	// onChange, when set, runs after each change applied, with mu held:
+	// the stream's joins follow interfaces through it.
+	onChange func()
 }
 
-// newAddrWatcher subscribes to address changes, then takes the first dump,
-// so that no change between the two is missed.
-func newAddrWatcher() (_ *addrWatcher, err error) {
+// newAddrWatcher subscribes to address changes, and with links to link
+// changes too, then takes the first dump, so that no change between the
+// two is missed.
+func newAddrWatcher(links bool) (_ *addrWatcher, err error) {
 	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, unix.NETLINK_ROUTE)
 	if err != nil {
 		return nil, os.NewSyscallError("socket netlink", err)
 	}
 	sa := &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: unix.RTMGRP_IPV4_IFADDR | unix.RTMGRP_IPV6_IFADDR}
+	if links {
+		// An interface that comes up is one to join groups on; without
+		// addresses, and before Linux 6.14 announced IPv4 memberships,
+		// nothing else tells of it.
+		sa.Groups |= unix.RTMGRP_LINK
+	}
 	if err := unix.Bind(fd, sa); err != nil {
 		unix.Close(fd)
 		return nil, os.NewSyscallError("bind netlink", err)
@@ -101,6 +111,9 @@ func (w *addrWatcher) update(force bool) bool {
 		return false
 	}
 	w.la.cur.Store(set)
+	if w.onChange != nil {
+		w.onChange()
+	}
 	return true
 }
 

@@ -51,6 +51,8 @@ type config struct {
 	fanout         int
 	send           SendOptions
 	mode           Mode
+	joins          []groupJoin // WithJoin, WithJoinSource
+	mcastLoop      *bool       // WithMulticastLoopback; nil keeps the kernel's
 
 	reasmTimeout    time.Duration
 	reasmTimeoutSet bool // by WithReassembly, over the namespace's ipfrag_time and ip6frag_time
@@ -192,8 +194,8 @@ func WithMonitor() Option {
 // default only what the kernel would deliver to a socket bound to the
 // unspecified address is: datagrams to a unicast or broadcast address of
 // this host, and to multicast groups the arrival interface belongs to
-// (IPv4 ones only with WithNetwork("udp4"): a dual-stack socket has
-// IP_MULTICAST_ALL off).
+// (IPv4 ones only with WithNetwork("udp4"), or joined with WithJoin: a
+// dual-stack socket has IP_MULTICAST_ALL off).
 func WithAnyDestination() Option {
 	return Option{func(c *config) error {
 		c.anyDestination = true

@@ -79,7 +79,9 @@ func WithSendOptions(o SendOptions) Option {
 
 // Reply sends payload to the datagram's source, from the exact address and
 // port it was sent to, so that a client of a host with several addresses
-// hears back from the one it used. It is safe to call from any goroutine,
+// hears back from the one it used; a datagram sent to a broadcast address
+// or a multicast group is answered by unicast from an address of the
+// interface it came in on. It is safe to call from any goroutine,
 // also after the packet was received. It returns ErrNoSender in monitor
 // mode and an error wrapping net.ErrClosed once the stream has ended;
 // errors from the kernel (such as syscall.EMSGSIZE) are wrapped and match
@@ -101,8 +103,10 @@ func (p Packet[T]) ReplyWith(payload []byte, o SendOptions) error {
 
 // Send sends payload from the stream's port to dst. from chooses the
 // source address (the zero Addr lets the kernel choose); an IPv6 link-local
-// from or dst needs a zone naming the interface. Like Reply, it is safe
-// for concurrent use and fails once the stream has ended.
+// from or dst needs a zone naming the interface, and so does an IPv6
+// multicast dst, which then leaves by that interface (see WithJoin and
+// WithMulticastLoopback). Like Reply, it is safe for concurrent use and
+// fails once the stream has ended.
 func (s *Stream[T]) Send(payload []byte, from netip.Addr, dst netip.AddrPort, o SendOptions) error {
 	if s.tx == nil {
 		return ErrNoSender

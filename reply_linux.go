@@ -40,8 +40,10 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 		// answered from the interface's own address, which the kernel
 		// picks; the reply leaves by the interface it came in on.
 		src = netip.Addr{}
-	} else if !src.IsLinkLocalUnicast() && !dst.Addr().IsLinkLocalUnicast() {
-		ifIndex = 0 // the routing table chooses, as for any reply
+	} else if !src.IsLinkLocalUnicast() && !dst.Addr().IsLinkLocalUnicast() && !dst.Addr().IsMulticast() {
+		// The routing table chooses, as for any reply; a group keeps the
+		// interface its zone named, as a group means one link's members.
+		ifIndex = 0
 	}
 	if dst.Addr().Unmap().Is4() {
 		dst = netip.AddrPortFrom(dst.Addr().Unmap(), dst.Port())

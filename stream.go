@@ -97,6 +97,9 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 			return nil, err
 		}
 	}
+	if err := cfg.checkJoins(); err != nil {
+		return nil, err
+	}
 	if cfg.monitor && port == 0 {
 		return nil, optionErr("monitor mode needs a port: there is nothing to pick a free one from")
 	}
@@ -297,8 +300,9 @@ type Stats struct {
 	Unsupported uint64 `json:"unsupported"`
 	// NotLocal counts datagrams whose destination is not an address of
 	// this host (or whose source is a martian the kernel refuses, such
-	// as 127.0.0.1 arriving on an Ethernet link): forwarded traffic, or a
-	// datagram to an address removed a moment ago.
+	// as 127.0.0.1 arriving on an Ethernet link): forwarded traffic, a
+	// datagram to an address removed a moment ago, or one to a group the
+	// stream joined only for other sources (WithJoinSource).
 	NotLocal uint64 `json:"not_local"`
 	// TooLong counts datagrams larger than the receive buffer could hold:
 	// one too big for its ring slot when the socket's queue had no room
@@ -809,7 +813,7 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	}
 	var ok bool
 	if a.IsMulticast() {
-		set, ok = h.local.lookupGroup(a, ifIndex, set.onLoopback(ifIndex))
+		set, ok = h.local.lookupGroup(src, a, ifIndex, set.onLoopback(ifIndex))
 	} else {
 		set, ok = h.local.lookup(a)
 	}

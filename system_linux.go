@@ -21,6 +21,7 @@ type system struct {
 	mode    Mode // ModeRing or ModeSocket
 	sources []source
 	reserve *net.UDPConn // nil in monitor mode; in socket mode the first source's
+	joins   *memberships // nil without WithJoin
 	watcher *addrWatcher
 	local   *localAddrs
 	spare   int // a packet socket not yet made one of sources, or -1
@@ -106,7 +107,7 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 		if err := s.openSockets(cfg, port, ifName); err != nil {
 			return nil, err
 		}
-		return s, s.watch(cfg)
+		return s, s.watch(cfg, ifIndex)
 	}
 	if err != nil {
 		return nil, err
@@ -147,20 +148,20 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			group = id
 		}
 	}
-	return s, s.watch(cfg)
+	return s, s.watch(cfg, ifIndex)
 }
 
 // watch subscribes to the host's address changes and multicast
-// memberships.
-func (s *system) watch(cfg *config) (err error) {
-	if s.watcher, err = newAddrWatcher(); err != nil {
+// memberships, and joins the groups of WithJoin.
+func (s *system) watch(cfg *config, ifIndex int) (err error) {
+	if s.watcher, err = newAddrWatcher(len(cfg.joins) > 0); err != nil {
 		return err
 	}
 	s.local = s.watcher.la
 	// A "udp" stream reserves with an AF_INET socket where the host has
 	// no IPv6.
 	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
-	return nil
+	return s.multicast(cfg, ifIndex)
 }
 
 // interfaceError reports a failed interface lookup. The net package's
@@ -352,4 +353,5 @@ func (s *system) close() {
 	if s.reserve != nil && s.mode != ModeSocket { // a source's own in socket mode
 		s.reserve.Close()
 	}
+	s.joins.close()
 }

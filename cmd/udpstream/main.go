@@ -11,7 +11,7 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -55,6 +55,11 @@
 // with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
 // is as it was, with the summary below what was there.
 //
+// -join GROUP joins a multicast group, IPv4 or IPv6, on the interface of
+// -i or on every interface that is up (and those that come up later), for
+// as long as the tool runs; it may be given several times. Datagrams to
+// the group are printed with the group as dst.
+//
 // It reserves the port with a socket of its own, so that the kernel does
 // not answer ICMP port unreachable; -monitor instead observes a port that
 // another process owns, without reserving it and without -echo.
@@ -79,6 +84,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
@@ -125,8 +131,9 @@ type options struct {
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
 	top        bool
-	bufferKiB  int    // -B: the kernel ring per family
-	mode       string // -mode: "ring", "socket", or "" to choose
+	bufferKiB  int          // -B: the kernel ring per family
+	mode       string       // -mode: "ring", "socket", or "" to choose
+	join       []netip.Addr // -join, in the order given
 }
 
 // defaultBufferKiB is the command's kernel ring per address family: four
@@ -161,10 +168,21 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
 	fs.StringVar(&o.mode, "mode", "", "receive through packet sockets (`ring`, needs CAP_NET_RAW, every header field) or the UDP socket (socket: no privilege, no IPv4 ID or DF, UDP checksum or fragment count); default ring where packet sockets can be opened, socket otherwise")
+	fs.Func("join", "join the multicast `group` (repeatable), on the interface of -i or on every one that is up", func(v string) error {
+		g, err := netip.ParseAddr(v)
+		switch {
+		case err != nil || !g.IsMulticast():
+			return fmt.Errorf("%q is not a multicast group", v)
+		case g.Zone() != "":
+			return fmt.Errorf("%q: give the interface with -i, not as a zone", v)
+		}
+		o.join = append(o.join, g)
+		return nil
+	})
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -208,6 +226,10 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w writes whole IP datagrams, which -mode socket does not receive: use -mode ring")
 	case o.mode == "socket" && (o.monitor || o.portErrors):
 		return o, usageError("-monitor and -port-errors need packet sockets: use -mode ring")
+	case o.only6 && slices.ContainsFunc(o.join, netip.Addr.Is4):
+		return o, usageError("-6 and an IPv4 -join group exclude each other")
+	case o.only4 && slices.ContainsFunc(o.join, netip.Addr.Is6):
+		return o, usageError("-4 and an IPv6 -join group exclude each other")
 	case o.monitor && o.echo:
 		// A monitor holds no socket on the port to reply from.
 		return o, usageError("-monitor and -echo exclude each other: the port's owner answers, not udpstream")
@@ -246,6 +268,9 @@ func (o options) streamOptions() []udpstream.Option {
 	case o.mode == "" && o.write == "":
 		// A capture needs the IP header bytes only the ring receives.
 		opts = append(opts, udpstream.WithMode(udpstream.ModeAuto))
+	}
+	if len(o.join) > 0 {
+		opts = append(opts, udpstream.WithJoin(o.join...))
 	}
 	return opts
 }

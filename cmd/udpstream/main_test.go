@@ -49,6 +49,12 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-demo", "-w", "x.pcapng"}, "-demo takes only -json and -stats, not -w"},
 		{[]string{"-top", "-json"}, "-top draws the terminal instead of printing lines"},
 		{[]string{"-top", "-w", "x.pcapng"}, "it takes neither -json nor -w"},
+		{[]string{"-join", "192.0.2.1"}, `"192.0.2.1" is not a multicast group`},
+		{[]string{"-join", "group"}, `"group" is not a multicast group`},
+		{[]string{"-join", "ff02::fb%eth0"}, "give the interface with -i"},
+		{[]string{"-6", "-join", "224.0.0.251"}, "-6 and an IPv4 -join group exclude each other"},
+		{[]string{"-join", "ff02::fb", "-4"}, "-4 and an IPv6 -join group exclude each other"},
+		{[]string{"-demo", "-join", "224.0.0.251"}, "-demo takes only -json and -stats, not -join"},
 	} {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
