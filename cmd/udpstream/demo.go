@@ -22,21 +22,48 @@ const envDemoNetns = "UDPSTREAM_DEMO_NETNS"
 const demoTimeout = 5 * time.Second
 
 // demoSend is one datagram the demo sends itself. TTL and TOS differ
-// between the two so that the output shows each header as it was sent.
+// between them so that the output shows each header as it was sent.
 type demoSend struct {
 	network string
-	addr    netip.Addr
+	addr    netip.Addr // the source, and the destination unless group is set
+	group   netip.Addr // a multicast group the stream joined, to send to instead
 	ttl     int
 	tos     int // DSCP and ECN
 }
 
+// demoGroup is mDNS's IPv4 group, whose answers carry TTL 255. The demo
+// joins it on loopback: a group datagram that a host sends over loopback
+// arrives there as received traffic.
+var demoGroup = netip.MustParseAddr("224.0.0.251")
+
 var demoSends = []demoSend{
-	{"udp4", netip.MustParseAddr("127.0.0.1"), 42, 10<<2 | int(udpstream.ECT0)}, // AF11
-	{"udp6", netip.MustParseAddr("::1"), 7, 46 << 2},                            // EF
+	{"udp4", netip.MustParseAddr("127.0.0.1"), netip.Addr{}, 42, 10<<2 | int(udpstream.ECT0)}, // AF11
+	{"udp6", netip.MustParseAddr("::1"), netip.Addr{}, 7, 46 << 2},                            // EF
+	{"udp4", netip.MustParseAddr("127.0.0.1"), demoGroup, 255, 0},
+}
+
+// dst is where d goes.
+func (d demoSend) dst() netip.Addr {
+	if d.group.IsValid() {
+		return d.group
+	}
+	return d.addr
+}
+
+// payload is what d carries.
+func (d demoSend) payload() string {
+	if d.group.IsValid() {
+		return "udpstream demo to the mDNS group"
+	}
+	if d.addr.Is6() {
+		return "udpstream demo over IPv6"
+	}
+	return "udpstream demo over IPv4"
 }
 
 // runDemo listens on a free port, sends itself one datagram over each
-// loopback address and prints them. Without CAP_NET_RAW it runs itself
+// loopback address and one to the mDNS group over loopback, and prints
+// them. Without CAP_NET_RAW it runs itself
 // again in a user and network namespace, where it has it.
 func runDemo(ctx context.Context, o options, args []string, stdout, stderr io.Writer) int {
 	child := os.Getenv(envDemoNetns) != ""
@@ -46,7 +73,14 @@ func runDemo(ctx context.Context, o options, args []string, stdout, stderr io.Wr
 			return fail(stderr, fmt.Errorf("demo: bringing up loopback in its own network namespace: %w", err))
 		}
 	}
-	s, err := udpstream.Open(ctx, 0, udpstream.Payload)
+	sends := demoSends
+	s, err := udpstream.Open(ctx, 0, udpstream.Payload, udpstream.WithInterface("lo"), udpstream.WithJoin(demoGroup))
+	if err != nil && ctx.Err() == nil && !errors.Is(err, os.ErrPermission) {
+		// Perhaps a loopback that takes no group membership: the demo
+		// shows the rest; any other failure comes back below.
+		sends = demoSends[:2]
+		s, err = udpstream.Open(ctx, 0, udpstream.Payload, udpstream.WithInterface("lo"))
+	}
 	if err != nil {
 		switch {
 		case ctx.Err() != nil:
@@ -69,7 +103,7 @@ func runDemo(ctx context.Context, o options, args []string, stdout, stderr io.Wr
 	defer timeout.Stop()
 	dr.timeout = timeout.C
 	// One at a time, so that the lines come in the same order every run.
-	for _, d := range demoSends {
+	for _, d := range sends {
 		if !dr.exchange(d) {
 			break
 		}
@@ -140,16 +174,17 @@ func (d demoSend) send(port uint16) (netip.AddrPort, error) {
 		return netip.AddrPort{}, fmt.Errorf("demo: no socket on %v (is loopback down, or IPv6 disabled?): %w", d.addr, err)
 	}
 	defer c.Close()
-	if err := setHeaderFields(c, d.network, d.ttl, d.tos); err != nil {
+	if d.group.IsValid() {
+		// Out of loopback, with the group TTL an mDNS answer carries.
+		err = setMulticast(c, d.addr, d.ttl)
+	} else {
+		err = setHeaderFields(c, d.network, d.ttl, d.tos)
+	}
+	if err != nil {
 		return netip.AddrPort{}, fmt.Errorf("demo: setting TTL and TOS on %v: %w", d.addr, err)
 	}
-	family := "IPv4"
-	if d.addr.Is6() {
-		family = "IPv6"
-	}
-	payload := "udpstream demo over " + family
-	if _, err := c.WriteToUDPAddrPort([]byte(payload), netip.AddrPortFrom(d.addr, port)); err != nil {
-		return netip.AddrPort{}, fmt.Errorf("demo: sending to %v: %w", d.addr, err)
+	if _, err := c.WriteToUDPAddrPort([]byte(d.payload()), netip.AddrPortFrom(d.dst(), port)); err != nil {
+		return netip.AddrPort{}, fmt.Errorf("demo: sending to %v: %w", d.dst(), err)
 	}
 	from := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	return netip.AddrPortFrom(from.Addr().Unmap(), from.Port()), nil

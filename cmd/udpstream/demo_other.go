@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"runtime"
 )
 
@@ -16,6 +17,10 @@ import (
 
 func setHeaderFields(*net.UDPConn, string, int, int) error {
 	return fmt.Errorf("setting TTL and TOS on %s: %w", runtime.GOOS, errors.ErrUnsupported)
+}
+
+func setMulticast(*net.UDPConn, netip.Addr, int) error {
+	return fmt.Errorf("sending multicast on %s: %w", runtime.GOOS, errors.ErrUnsupported)
 }
 
 func loopbackUp() error {

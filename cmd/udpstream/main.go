@@ -162,7 +162,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.portErrors, "port-errors", false, "also print datagrams to other ports, as error lines")
 	fs.BoolVar(&o.echo, "echo", false, "reply to each datagram with its payload")
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
-	fs.BoolVar(&o.demo, "demo", false, "send two datagrams to itself over 127.0.0.1 and ::1, print them and exit")
+	fs.BoolVar(&o.demo, "demo", false, "send datagrams to itself over 127.0.0.1, ::1 and the mDNS group on loopback, print them and exit")
 	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")

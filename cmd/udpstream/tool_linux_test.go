@@ -233,10 +233,10 @@ func checkDemo(t *testing.T, p *proc, asJSON, ownNamespace bool) []string {
 		}
 		if asJSON {
 			m := checkSchema(t, stdout[i], false)
-			if m["family"] != family || m["src"] != d.addr.String() || m["dst"] != d.addr.String() ||
+			if m["family"] != family || m["src"] != d.addr.String() || m["dst"] != d.dst().String() ||
 				m["dport"] != float64(port) || m["ttl"] != float64(d.ttl) || m["tos"] != float64(d.tos) ||
-				m["payload"] != hexOf(fmt.Sprintf("udpstream demo over IPv%v", family)) {
-				t.Errorf("line %d: %v, want from %v with TTL %d, TOS %#x", i, m, d.addr, d.ttl, d.tos)
+				m["payload"] != hexOf(d.payload()) {
+				t.Errorf("line %d: %v, want from %v to %v with TTL %d, TOS %#x", i, m, d.addr, d.dst(), d.ttl, d.tos)
 			}
 			continue
 		}
@@ -247,10 +247,10 @@ func checkDemo(t *testing.T, p *proc, asJSON, ownNamespace bool) []string {
 		}
 		for _, want := range []string{
 			fmt.Sprintf("IPv%v  ", family),
-			netip.AddrPortFrom(d.addr, uint16(port)).String(),
+			netip.AddrPortFrom(d.dst(), uint16(port)).String(),
 			fmt.Sprintf("%s %3d ", ttl, d.ttl),
 			fmt.Sprintf(" tos 0x%02x ", d.tos),
-			fmt.Sprintf(`"udpstream demo over IPv%v"`, family),
+			`"` + d.payload() + `"`,
 		} {
 			if !strings.Contains(l, want) {
 				t.Errorf("line %d %q: no %q", i, l, want)
@@ -273,8 +273,8 @@ func TestDemo(t *testing.T) {
 	if len(rest) != 1 {
 		t.Fatalf("stderr %q, want the stats", rest)
 	}
-	if st := checkStats(t, rest[0]); st["delivered"] != 2 || st["dropped"] != 0 {
-		t.Errorf("stats %s: want delivered 2, dropped 0", rest[0])
+	if st := checkStats(t, rest[0]); st["delivered"] != uint64(len(demoSends)) || st["dropped"] != 0 {
+		t.Errorf("stats %s: want delivered %d, dropped 0", rest[0], len(demoSends))
 	}
 }
 
