@@ -56,6 +56,7 @@ type DecoderPanicError struct {
 	Stack []byte
 }
 
+// Error returns one line: ErrDecoderPanic's text and the panic value.
 func (e *DecoderPanicError) Error() string {
 	return fmt.Sprintf("%v: %v", ErrDecoderPanic, e.Value)
 }
