@@ -28,6 +28,10 @@ type addrWatcher struct {
 	// onChange, when set, runs after each change applied, with mu held:
 	// the stream's joins follow interfaces through it.
 	onChange func()
+	// gone, when set, says whether something the stream cannot do without
+	// has disappeared (an interface it is bound to); watch then ends with
+	// the error it returns.
+	gone func() error
 }
 
 // newAddrWatcher subscribes to address changes, and with links to link
@@ -120,10 +124,18 @@ func (w *addrWatcher) update(force bool) bool {
 // watch applies address changes as they are announced, until the read
 // deadline of the notification socket passes.
 func (w *addrWatcher) watch() error {
-	return w.rc.Read(func(uintptr) bool {
+	var gone error
+	err := w.rc.Read(func(uintptr) bool {
 		w.refresh()
-		return false
+		if w.gone != nil {
+			gone = w.gone()
+		}
+		return gone != nil
 	})
+	if gone != nil {
+		return gone
+	}
+	return err
 }
 
 func (w *addrWatcher) close() { w.file.Close() }

@@ -854,29 +854,53 @@ func TestInterfaceRemoved(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	leakCheck(t)
-	in := injectLink(t, "192.0.2.1/24")
-	s := openT(t, 0, Payload, WithInterface("in0"))
-	h := v4()
-	h.src, h.dst = netip.MustParseAddr("192.0.2.2").As4(), netip.MustParseAddr("192.0.2.1").As4()
-	ip(t, "link", "set", "in0", "down")
-	time.Sleep(50 * time.Millisecond)
-	ip(t, "link", "set", "in0", "up")
-	ip(t, "addr", "replace", "192.0.2.1/24", "dev", "in0")
-	in.send(t, h.udp(4000, s.Port(), []byte("after a flap")))
-	if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after a flap" {
-		t.Fatalf("got %q", p.Value)
-	}
-	ip(t, "link", "del", "in0")
-	p := recvOne(t, s.Packets(), 2*time.Second)
-	if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") || strings.Count(p.Err.Error(), "udpstream: ") != 1 {
-		t.Fatalf("want a final error saying the interface is gone, prefixed once, got %+v", p)
-	}
-	if _, ok := <-s.Packets(); ok {
-		t.Fatal("channel still open after the final error")
-	}
-	if err := s.Err(); err == nil || err.Error() != p.Err.Error() {
-		t.Fatalf("Err %v, want the final item's error %v", err, p.Err)
+	for _, mode := range []Mode{ModeRing, ModeSocket} {
+		t.Run(mode.String(), func(t *testing.T) {
+			leakCheck(t)
+			in := injectLink(t, "192.0.2.1/24")
+			t.Cleanup(func() { exec.Command("ip", "link", "del", "in0").Run() })
+			s := openT(t, 0, Payload, WithInterface("in0"), WithMode(mode))
+			h := v4()
+			h.src, h.dst = netip.MustParseAddr("192.0.2.2").As4(), netip.MustParseAddr("192.0.2.1").As4()
+			ip(t, "link", "set", "in0", "down")
+			time.Sleep(50 * time.Millisecond)
+			ip(t, "link", "set", "in0", "up")
+			ip(t, "addr", "replace", "192.0.2.1/24", "dev", "in0")
+			// The link's carrier and the address come back a moment after
+			// the commands return: send until one arrives.
+			got := false
+			for range 20 {
+				in.send(t, h.udp(4000, s.Port(), []byte("after a flap")))
+				select {
+				case p := <-s.Packets():
+					if string(p.Value) != "after a flap" || p.Err != nil {
+						t.Fatalf("got %q, %v", p.Value, p.Err)
+					}
+					got = true
+				case <-time.After(100 * time.Millisecond):
+				}
+				if got {
+					break
+				}
+			}
+			if !got {
+				t.Fatalf("nothing after the flap; stats %+v", s.Stats())
+			}
+			ip(t, "link", "del", "in0")
+			p := recvOne(t, s.Packets(), 2*time.Second)
+			for p.Err == nil && string(p.Value) == "after a flap" {
+				p = recvOne(t, s.Packets(), 2*time.Second) // a late copy
+			}
+			if p.Err == nil || !strings.Contains(p.Err.Error(), "gone") || strings.Count(p.Err.Error(), "udpstream: ") != 1 {
+				t.Fatalf("want a final error saying the interface is gone, prefixed once, got %+v", p)
+			}
+			if _, ok := <-s.Packets(); ok {
+				t.Fatal("channel still open after the final error")
+			}
+			if err := s.Err(); err == nil || err.Error() != p.Err.Error() {
+				t.Fatalf("Err %v, want the final item's error %v", err, p.Err)
+			}
+		})
 	}
 }
 

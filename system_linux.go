@@ -154,8 +154,20 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 // watch subscribes to the host's address changes and multicast
 // memberships, and joins the groups of WithJoin.
 func (s *system) watch(cfg *config, ifIndex int) (err error) {
-	if s.watcher, err = newAddrWatcher(len(cfg.joins) > 0); err != nil {
+	// A UDP socket bound to an interface that is removed just receives
+	// nothing more; the ring's packet socket is told, and so must a stream
+	// in socket mode be, by the link's removal.
+	bound := s.mode == ModeSocket && ifIndex != 0
+	if s.watcher, err = newAddrWatcher(len(cfg.joins) > 0 || bound); err != nil {
 		return err
+	}
+	if bound {
+		s.watcher.gone = func() error {
+			if _, err := net.InterfaceByIndex(ifIndex); err != nil {
+				return &ifaceGoneError{ifIndex}
+			}
+			return nil
+		}
 	}
 	s.local = s.watcher.la
 	// A "udp" stream reserves with an AF_INET socket where the host has
@@ -163,6 +175,15 @@ func (s *system) watch(cfg *config, ifIndex int) (err error) {
 	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
 	return s.multicast(cfg, ifIndex)
 }
+
+// ifaceGoneError says that the interface a stream is bound to was removed.
+type ifaceGoneError struct{ index int }
+
+func (e *ifaceGoneError) Error() string {
+	return fmt.Sprintf("interface %d is gone: %v", e.index, unix.ENODEV)
+}
+
+func (e *ifaceGoneError) Unwrap() error { return unix.ENODEV }
 
 // interfaceError reports a failed interface lookup. The net package's
 // "no such network interface" matches nothing errors.Is can name; the
@@ -196,6 +217,9 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 		err := s.watcher.watch()
 		if gctx.Err() != nil {
 			return nil
+		}
+		if gone := (*ifaceGoneError)(nil); errors.As(err, &gone) {
+			return fmt.Errorf("udpstream: receiving: %w", err)
 		}
 		return fmt.Errorf("udpstream: watching local addresses: %w", err)
 	})
