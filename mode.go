@@ -94,7 +94,9 @@ const (
 	FieldUDPChecksum
 	// FieldFragments: Header.Fragments. In socket mode a fragmented
 	// datagram shows as fragmented, but the count is unknown; Fragments
-	// then holds a lower bound, at least 2.
+	// then holds a lower bound (1 for an IPv6 atomic fragment, which the
+	// kernel reports as fragmented). It is unknown too when the kernel
+	// had more control messages for a datagram than fit the buffer.
 	FieldFragments
 	// FieldExtHeaders: Header.ExtHeaders. In socket mode the list of a
 	// fragmented IPv6 datagram lacks the Fragment header (44), whose

@@ -422,8 +422,16 @@ func (us *udpSocket) header(hd *Header, i int, port uint16, n int) {
 	}
 	if fragSize > 0 {
 		// Each fragment carried at most its own size of the datagram.
+		// An IPv6 atomic fragment is one, and reports a size too.
 		hd.Unknown |= FieldFragments
-		hd.Fragments = max(2, (int(hd.UDPLength)+fragSize-1)/fragSize)
+		hd.Fragments = max(1, (int(hd.UDPLength)+fragSize-1)/fragSize)
+	}
+	if msg.Flags&unix.MSG_CTRUNC != 0 {
+		// Control messages past the buffer were lost (a long extension
+		// header takes it all): whether the datagram came in fragments,
+		// and what else they would have said, is unknown.
+		hd.Unknown |= FieldID | FieldFragments | FieldExtHeaders
+		hd.ExtHeaders = nil
 	}
 }
 

@@ -476,9 +476,7 @@ type handler[T any] struct {
 	// are classified and counted, and none is made into a Packet.
 	ending bool
 
-	zoneIndex int // the interface of zoneName
-	zoneName  string
-	zoneAt    time.Time
+	zones map[int]zoneName // interface names as zones, by index
 }
 
 // handoffBatch bounds the datagrams a handler holds before it hands them
@@ -506,7 +504,9 @@ func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) 
 		v = dropUnsupported // a super-packet is never fragmented
 	}
 	if v != deliver && v != dropOtherPort {
-		return h.finish(ctx, v, m, 1) // counts it
+		// Dropped whole: as many datagrams as it held. finish counts one.
+		h.counts.drops[v].Add(uint64(gsoCount(frame, m.ipLen, m.gso) - 1))
+		return h.finish(ctx, v, m, 1)
 	}
 	// Views of frame, which stays put while its segments are handled.
 	hdr, udp := h.p.ip[:len(h.p.ip)-len(h.p.l4)], h.p.udp
@@ -762,20 +762,34 @@ func (h *handler[T]) zoned(a netip.Addr, ifIndex int) netip.Addr {
 const zoneTTL = 10 * time.Second
 
 // zone returns the name of interface ifIndex, or its index in decimal
-// when it has none any more. The last answer is kept: link-local traffic
-// comes in on few links, and asking the kernel allocates.
+// when it has none any more. Names are kept: asking the kernel allocates,
+// and link-local traffic (mDNS on every interface, say) comes in on a few
+// links over and over.
 func (h *handler[T]) zone(ifIndex int) string {
 	now := time.Now()
-	if ifIndex == h.zoneIndex && now.Sub(h.zoneAt) < zoneTTL {
-		return h.zoneName
+	if z, ok := h.zones[ifIndex]; ok && now.Sub(z.at) < zoneTTL {
+		return z.name
 	}
 	name := strconv.Itoa(ifIndex)
 	if ifi, err := net.InterfaceByIndex(ifIndex); err == nil {
 		name = ifi.Name
 	}
-	h.zoneIndex, h.zoneName, h.zoneAt = ifIndex, name, now
+	if h.zones == nil || len(h.zones) >= maxZones {
+		h.zones = make(map[int]zoneName)
+	}
+	h.zones[ifIndex] = zoneName{name, now}
 	return name
 }
+
+// zoneName is an interface's name as a zone, and when it was asked for.
+type zoneName struct {
+	name string
+	at   time.Time
+}
+
+// maxZones bounds the names a handler keeps; more interfaces than that
+// start the cache afresh.
+const maxZones = 64
 
 // dropErrs are the Packet.Err values WithDropErrors surfaces, by verdict;
 // nil for the verdicts it does not.

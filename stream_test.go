@@ -100,3 +100,34 @@ func TestHandleAllocs(t *testing.T) {
 		t.Fatal("nothing delivered")
 	}
 }
+
+// TestGSODropCountsEach checks that a UDP GSO super-packet dropped whole
+// for its headers counts as the datagrams it held, as one too long for the
+// buffer does.
+func TestGSODropCountsEach(t *testing.T) {
+	out := make(chan Packet[struct{}], 8)
+	h := testHandler(HeaderOnly, out)
+	h.fam = 4
+	frame := v4().udp(4000, testPort, payloadOf(300))
+	frame[len(frame)-1] ^= 0xff // a bad checksum: dropped whole
+	m := frameMeta{ifIndex: 1, gso: 100, ipLen: len(frame)}
+	if err := h.handle(context.Background(), frame, &m); err != nil {
+		t.Fatal(err)
+	}
+	var st Stats
+	h.counts.addTo(&st)
+	if st.BadUDPChecksum != 3 || st.Dropped() != 3 || len(out) != 0 {
+		t.Fatalf("a super-packet of three datagrams with a bad checksum: %+v", st)
+	}
+}
+
+// TestZoneCache checks that link-local traffic alternating between
+// interfaces asks the system for their names once, not per datagram.
+func TestZoneCache(t *testing.T) {
+	h := testHandler(HeaderOnly, nil)
+	h.zone(1)
+	h.zone(2)
+	if allocs := testing.AllocsPerRun(100, func() { h.zone(1); h.zone(2) }); allocs != 0 {
+		t.Fatalf("%.0f allocations per two interfaces' zones, want 0 once known", allocs)
+	}
+}
