@@ -24,9 +24,13 @@ type addrSet struct {
 	// whoever joined them: the kernel itself (all-nodes, solicited-node,
 	// all-hosts) or any socket of the namespace.
 	groups map[membership]struct{}
+	// linkLocal holds the IPv6 link-local addresses by interface: one is
+	// local only on its own link (rt6_need_strict in ip6_route_input).
+	linkLocal map[membership]struct{}
 }
 
-// membership is interface ifIndex's membership of a multicast group.
+// membership is interface ifIndex's membership of a multicast group, or
+// its holding of a link-local address.
 type membership struct {
 	group   netip.Addr
 	ifIndex int
@@ -62,15 +66,25 @@ func (s *addrSet) broadcastList() []netip.Addr {
 // (fib_validate_source): an address of this host, and a subnet broadcast
 // address when reverse-path filtering (rp_filter) is on, whose full
 // lookup finds a broadcast route. Without it only addresses assigned to
-// an interface are refused.
-func (s *addrSet) ownSource4(src netip.Addr, rpFilter bool) bool {
+// an interface are refused, unless accept_local lets them in.
+func (s *addrSet) ownSource4(src netip.Addr, r ifRules) bool {
 	if s == nil {
 		return false
 	}
 	if slices.Contains(s.broadcasts, src) {
-		return rpFilter
+		return r.rpFilter != 0
 	}
-	return s.has(src)
+	return !r.acceptLocal && s.has(src)
+}
+
+// onLink reports whether the IPv6 link-local address a is interface
+// ifIndex's own.
+func (s *addrSet) onLink(a netip.Addr, ifIndex int) bool {
+	if s == nil {
+		return false
+	}
+	_, ok := s.linkLocal[membership{a, ifIndex}]
+	return ok
 }
 
 // onLoopback reports whether interface ifIndex is a loopback interface.

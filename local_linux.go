@@ -271,6 +271,12 @@ func parseAddrs(msgs []syscall.NetlinkMessage) (*addrSet, bool) {
 			continue
 		}
 		set.exact[local] = struct{}{}
+		if local.Is6() && local.IsLinkLocalUnicast() {
+			if set.linkLocal == nil {
+				set.linkLocal = map[membership]struct{}{}
+			}
+			set.linkLocal[membership{local, int(ifa.Index)}] = struct{}{}
+		}
 		if local.Is4() && ifa.Flags&unix.IFA_F_SECONDARY == 0 && ifa.Prefixlen < 31 {
 			// Linux adds a broadcast route for the subnet of every
 			// primary address, whether or not a broadcast was given.

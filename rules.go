@@ -38,6 +38,10 @@ type ifRules struct {
 	// net.ipv6.conf.*.seg6_enabled and rpl_seg_enabled: the smaller of
 	// all and the interface's.
 	seg6, rpl bool
+	// net.ipv4.conf.*.accept_local: on when all or the interface has it
+	// (IN_DEV_ORCONF); a source that is one of this host's addresses is
+	// then accepted from the wire.
+	acceptLocal bool
 }
 
 // defaultRules are Linux's defaults, for a stream whose namespace could

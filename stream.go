@@ -819,7 +819,7 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && src == c.src && ifIndex == c.ifIndex {
 		return true
 	}
-	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex).rpFilter != 0)) {
+	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex))) {
 		return false
 	}
 	if a.Is4() && a.IsUnspecified() && src.IsUnspecified() {
@@ -830,6 +830,9 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 		set, ok = h.local.lookupGroup(src, a, ifIndex, set.onLoopback(ifIndex))
 	} else {
 		set, ok = h.local.lookup(a)
+		if ok && a.Is6() && a.IsLinkLocalUnicast() && !set.onLink(a, ifIndex) {
+			ok = false // another link's address (ip6_route_input, rt6_need_strict)
+		}
 	}
 	if ok {
 		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex}

@@ -49,6 +49,7 @@ func readIfRules(name string, def ifRules) ifRules {
 		rpFilter:     sysctlInt("ipv4/conf/"+name+"/rp_filter", def.rpFilter),
 		seg6:         sysctlInt("ipv6/conf/"+name+"/seg6_enabled", b2i(def.seg6)) > 0,
 		rpl:          sysctlInt("ipv6/conf/"+name+"/rpl_seg_enabled", b2i(def.rpl)) > 0,
+		acceptLocal:  sysctlInt("ipv4/conf/"+name+"/accept_local", b2i(def.acceptLocal)) > 0,
 	}
 }
 
@@ -60,6 +61,7 @@ func combineIfRules(all, dev ifRules) ifRules {
 		rpFilter:     max(all.rpFilter, dev.rpFilter),
 		seg6:         all.seg6 && dev.seg6,
 		rpl:          all.rpl && dev.rpl,
+		acceptLocal:  all.acceptLocal || dev.acceptLocal,
 	}
 }
 
