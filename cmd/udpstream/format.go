@@ -387,6 +387,7 @@ type statsLine struct {
 
 // printStats prints the -stats object as one line on stderr.
 func printStats(stderr io.Writer, st udpstream.Stats, printed uint64) {
+	st = unprinted(st, printed)
 	b, err := json.Marshal(statsLine{Delivered: printed, Dropped: st.Dropped(), Stats: st})
 	if err != nil {
 		warn(stderr, fmt.Errorf("encoding stats: %w", err))
@@ -454,6 +455,19 @@ func appendSummary(b []byte, st udpstream.Stats, delivered uint64, mode udpstrea
 }
 
 // printSummary prints the exit summary on stderr.
+// unprinted counts the datagrams the stream delivered to the tool but the
+// tool never put out as abandoned: those still in the channel when -count
+// or a closed output ended the run. delivered then counts the datagrams
+// put out, and dropped every other one, as in the library's accounting.
+func unprinted(st udpstream.Stats, printed uint64) udpstream.Stats {
+	if st.Delivered > printed {
+		st.Abandoned += st.Delivered - printed
+	}
+	st.Delivered = printed
+	return st
+}
+
 func printSummary(stderr io.Writer, st udpstream.Stats, delivered uint64, mode udpstream.Mode) {
+	st = unprinted(st, delivered)
 	stderr.Write(appendSummary(nil, st, delivered, mode))
 }
