@@ -557,8 +557,13 @@ func TestCancel(t *testing.T) {
 	slices.Sort(took)
 	p50, p99, worst := took[len(took)/2], took[len(took)*99/100], took[len(took)-1]
 	t.Logf("%d cycles: channel closed after cancel in p50 %v, p99 %v, max %v", cycles, p50, p99, worst)
-	if p99 > 100*time.Millisecond {
-		t.Fatalf("p99 time from cancel to a closed channel %v, want under 100ms", p99)
+	// Releasing a packet socket with a ring waits for two RCU grace
+	// periods (TestCloseLatency): 25-30 ms here when the machine is quiet,
+	// longer when it is busy (a p99 of 110 ms was seen while another test
+	// binary ran beside this one). What this guards against, a receive
+	// goroutine that does not notice the cancel, takes seconds.
+	if p50 > 100*time.Millisecond || p99 > 300*time.Millisecond {
+		t.Fatalf("time from cancel to a closed channel: p50 %v, p99 %v; want under 100 ms and 300 ms", p50, p99)
 	}
 }
 
