@@ -23,7 +23,9 @@
 //
 // What reaches the channel is what the kernel would hand a UDP socket bound
 // to the unspecified address: well-formed datagrams to the port whose
-// destination is an address of this host, with a valid checksum (or one the
+// destination is an address of this host (or a multicast group its
+// interface belongs to, by the kernel's rules for such a socket, or one
+// the stream joined with WithJoin), with a valid checksum (or one the
 // kernel vouched for), reassembled from fragments, and split out of the UDP
 // GSO super-packets a sender on this host may pass over loopback or veth.
 // Everything else is dropped and counted by reason in Stats.
