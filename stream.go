@@ -508,7 +508,7 @@ func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) 
 	if v != deliver && v != dropOtherPort {
 		// Dropped whole: as many datagrams as it held. finish counts one.
 		h.counts.drops[v].Add(uint64(gsoCount(frame, m.ipLen, m.gso) - 1))
-		return h.finish(ctx, v, m, 1)
+		return h.finish(ctx, v, m)
 	}
 	// Views of frame, which stays put while its segments are handled.
 	hdr, udp := h.p.ip[:len(h.p.ip)-len(h.p.l4)], h.p.udp
@@ -541,7 +541,7 @@ func (h *handler[T]) handleGSO(ctx context.Context, frame []byte, m *frameMeta) 
 func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) error {
 	v := classify(frame, h.fam, h.port, m.flags(), &h.p)
 	if v != fragment {
-		return h.finish(ctx, v, m, 1)
+		return h.finish(ctx, v, m)
 	}
 	// Link-local addresses are keyed with their link: two hosts on two
 	// links may share one.
@@ -554,7 +554,7 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 	whole, n, v := h.reasm.add(h.p.Version, src, dst, &h.p.frag, time.Now())
 	if whole == nil {
 		if v != fragment {
-			return h.finish(ctx, v, m, 1)
+			return h.finish(ctx, v, m)
 		}
 		return nil
 	}
@@ -567,11 +567,11 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 		h.p.Fragments = n
 		h.p.MF = h.p.Version == 4
 	}
-	return h.finish(ctx, v, m, n)
+	return h.finish(ctx, v, m)
 }
 
 // finish delivers, surfaces or counts a classified datagram.
-func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags int) error {
+func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta) error {
 	switch {
 	case v == deliver:
 	case v == dropOtherPort && h.cfg.portErrors:
@@ -579,13 +579,7 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta, frags 
 		// Dropped and counted whatever becomes of the Packet that says
 		// so; the header is what the parse got to.
 		h.counts.drops[v].Add(1)
-		if h.ending {
-			return nil
-		}
-		pkt := h.newPacket(m)
-		pkt.Err = dropErrs[v]
-		h.counted[h.n] = nil
-		return h.made(ctx)
+		return h.surface(ctx, m, dropErrs[v])
 	default:
 		h.counts.drops[v].Add(1)
 		return nil
@@ -681,8 +675,18 @@ func (h *handler[T]) tooLong(ctx context.Context, kept []byte, m *frameMeta, n i
 	}
 	classify(kept, h.fam, h.port, flagChecksumVouched, &h.p)
 	h.p.udpPorts(kept)
+	return h.surface(ctx, m, dropErrs[dropTooLong])
+}
+
+// surface takes into the batch a Packet that carries err and the parsed
+// header, and no value: a dropped datagram that WithDropErrors shows, and
+// counts already. A stream that has ended shows nothing more.
+func (h *handler[T]) surface(ctx context.Context, m *frameMeta, err error) error {
+	if h.ending {
+		return nil
+	}
 	pkt := h.newPacket(m)
-	pkt.Err = dropErrs[dropTooLong]
+	pkt.Err = err
 	h.counted[h.n] = nil
 	return h.made(ctx)
 }
