@@ -85,11 +85,7 @@ func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	b = append(b, `,"tos":`...)
 	b = strconv.AppendUint(b, uint64(h.TOS), 10)
 	b = append(b, `,"id":`...)
-	if h.Known(udpstream.FieldID) {
-		b = strconv.AppendUint(b, uint64(h.ID), 10)
-	} else {
-		b = append(b, "null"...)
-	}
+	b = appendUintOrNull(b, h.Known(udpstream.FieldID), uint64(h.ID))
 	b = append(b, `,"df":`...)
 	if h.Known(udpstream.FieldDF) {
 		b = strconv.AppendBool(b, h.DF)
@@ -114,19 +110,11 @@ func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 		b = append(b, "null"...)
 	}
 	b = append(b, `,"fragments":`...)
-	if h.Known(udpstream.FieldFragments) {
-		b = strconv.AppendInt(b, int64(h.Fragments), 10)
-	} else {
-		b = append(b, "null"...)
-	}
+	b = appendUintOrNull(b, h.Known(udpstream.FieldFragments), uint64(h.Fragments))
 	b = append(b, `,"udp_len":`...)
 	b = strconv.AppendUint(b, uint64(h.UDPLength), 10)
 	b = append(b, `,"udp_checksum":`...)
-	if h.Known(udpstream.FieldUDPChecksum) {
-		b = strconv.AppendUint(b, uint64(h.UDPChecksum), 10)
-	} else {
-		b = append(b, "null"...)
-	}
+	b = appendUintOrNull(b, h.Known(udpstream.FieldUDPChecksum), uint64(h.UDPChecksum))
 	b = append(b, `,"len":`...)
 	b = strconv.AppendInt(b, int64(payloadLen(p)), 10)
 	b = append(b, `,"payload":"`...)
@@ -136,16 +124,20 @@ func appendRecord(b []byte, p udpstream.Packet[[]byte], ifname string) []byte {
 	b = append(b, `,"ecn":"`...)
 	b = append(b, h.ECN().String()...)
 	b = append(b, `","hlim":`...)
-	if h.Version == 6 {
-		b = strconv.AppendUint(b, uint64(h.TTL), 10)
-	} else {
-		b = append(b, "null"...)
-	}
+	b = appendUintOrNull(b, h.Version == 6, uint64(h.TTL))
 	if p.Err != nil {
 		b = append(b, `,"error":`...)
 		b = appendJSONString(b, p.Err.Error())
 	}
 	return append(b, '}')
+}
+
+// appendUintOrNull appends v in decimal, or null for a field not known.
+func appendUintOrNull(b []byte, known bool, v uint64) []byte {
+	if !known {
+		return append(b, "null"...)
+	}
+	return strconv.AppendUint(b, v, 10)
 }
 
 // appendJSONString appends s as a JSON string, escaped as encoding/json
