@@ -11,8 +11,6 @@ import (
 	"os/exec"
 	"syscall"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/udpstream/udpstream/internal/ipheader"
 	"github.com/udpstream/udpstream/internal/netns"
 )
@@ -26,24 +24,7 @@ func setHeaderFields(c *net.UDPConn, network string, ttl, tos int) error {
 // setMulticast makes the multicast datagrams c sends leave by the
 // interface of the IPv4 address from, with the given TTL.
 func setMulticast(c *net.UDPConn, from netip.Addr, ttl int) error {
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	err = rc.Control(func(fd uintptr) {
-		if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_MULTICAST_TTL, ttl); serr != nil {
-			serr = os.NewSyscallError("setsockopt IP_MULTICAST_TTL", serr)
-			return
-		}
-		if serr = unix.SetsockoptInet4Addr(int(fd), unix.IPPROTO_IP, unix.IP_MULTICAST_IF, from.As4()); serr != nil {
-			serr = os.NewSyscallError("setsockopt IP_MULTICAST_IF", serr)
-		}
-	})
-	if err != nil {
-		return err
-	}
-	return serr
+	return ipheader.SetMulticast(c, from, ttl)
 }
 
 // loopbackUp brings the loopback interface of a new namespace up.
