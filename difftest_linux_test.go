@@ -252,18 +252,10 @@ func (l *diffLink) send(t *testing.T, f diffFrame) {
 			dst = net.HardwareAddr{0x01, 0, 0x5e, f.ip[17] & 0x7f, f.ip[18], f.ip[19]}
 		}
 	}
-	in := *l.in
-	in.dst = dst
 	if len(f.ip) == 0 {
 		return
 	}
-	proto := uint16(unix.ETH_P_IP)
-	if is6(f.ip) {
-		proto = unix.ETH_P_IPV6
-	}
-	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: in.ifi.Index, Halen: 6}
-	copy(sa.Addr[:], dst)
-	if err := unix.Sendto(in.fd, f.ip, 0, sa); err != nil && err != unix.EMSGSIZE {
+	if err := l.in.writeTo(f.ip, dst); err != nil && err != unix.EMSGSIZE {
 		t.Fatalf("inject: %v", err)
 	}
 }
@@ -350,14 +342,8 @@ func diffFamilies(network string) []int {
 // diffJoinedLo6 on lo only.
 func joinDiffGroups(t *testing.T) {
 	t.Helper()
-	link, err := net.InterfaceByName("in0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	lo, err := net.InterfaceByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	link := iface(t, "in0")
+	lo := iface(t, "lo")
 	fd4, err := unix.Socket(unix.AF_INET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -389,10 +375,7 @@ func solicitedLinkLocal(t *testing.T, name string) netip.Addr {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) {
-		ifi, err := net.InterfaceByName(name)
-		if err != nil {
-			t.Fatal(err)
-		}
+		ifi := iface(t, name)
 		addrs, _ := ifi.Addrs()
 		for _, a := range addrs {
 			p, err := netip.ParsePrefix(a.String())

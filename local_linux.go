@@ -178,13 +178,7 @@ func dumpGroups() (map[membership]struct{}, bool) {
 			msgs, err = syscall.ParseNetlinkMessage(rib)
 		}
 		if err != nil {
-			name := "/proc/net/igmp"
-			if fam == unix.AF_INET6 {
-				name = "/proc/net/igmp6"
-			}
-			if b, err := os.ReadFile(name); err == nil {
-				parseProcGroups(groups, b, fam == unix.AF_INET6)
-			}
+			_ = readProcGroups(groups, fam == unix.AF_INET6)
 			continue
 		}
 		if !parseGroups(groups, msgs) {
@@ -304,6 +298,21 @@ func lastAddr(p netip.Prefix) netip.Addr {
 	v := uint32(a[0])<<24 | uint32(a[1])<<16 | uint32(a[2])<<8 | uint32(a[3])
 	v |= 1<<(32-p.Bits()) - 1
 	return netip.AddrFrom4([4]byte{byte(v >> 24), byte(v >> 16), byte(v >> 8), byte(v)})
+}
+
+// readProcGroups adds the memberships /proc lists for one family to
+// groups.
+func readProcGroups(groups map[membership]struct{}, v6 bool) error {
+	name := "/proc/net/igmp"
+	if v6 {
+		name = "/proc/net/igmp6"
+	}
+	b, err := os.ReadFile(name)
+	if err != nil {
+		return err
+	}
+	parseProcGroups(groups, b, v6)
+	return nil
 }
 
 // parseProcGroups adds the memberships listed in /proc/net/igmp6 (v6) or

@@ -16,15 +16,10 @@ import (
 func procGroups(t *testing.T) map[membership]struct{} {
 	t.Helper()
 	groups := map[membership]struct{}{}
-	for _, f := range []struct {
-		name string
-		v6   bool
-	}{{"/proc/net/igmp", false}, {"/proc/net/igmp6", true}} {
-		b, err := os.ReadFile(f.name)
-		if err != nil {
+	for _, v6 := range []bool{false, true} {
+		if err := readProcGroups(groups, v6); err != nil {
 			t.Fatal(err)
 		}
-		parseProcGroups(groups, b, f.v6)
 	}
 	return groups
 }
@@ -33,10 +28,7 @@ func procGroups(t *testing.T) map[membership]struct{} {
 // present (or, with !want, absent) in /proc.
 func waitGroups(t *testing.T, ifName string, want bool, groups ...netip.Addr) {
 	t.Helper()
-	ifi, err := net.InterfaceByName(ifName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ifi := iface(t, ifName)
 	deadline := time.Now().Add(3 * time.Second)
 	for {
 		have := procGroups(t)
@@ -247,14 +239,8 @@ func TestJoinFollowsInterfaces(t *testing.T) {
 	ip(t, "link", "add", "late0", "type", "veth", "peer", "name", "late1")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "late0")
 	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "late0", "nodad")
-	peer, err := net.InterfaceByName("late1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	near, err := net.InterfaceByName("late0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	peer := iface(t, "late1")
+	near := iface(t, "late0")
 	// Down, the interface is not joined yet; up, it is.
 	time.Sleep(50 * time.Millisecond)
 	if _, ok := procGroups(t)[membership{joinG4, near.Index}]; ok {
@@ -419,10 +405,7 @@ func TestJoinBridge(t *testing.T) {
 		ip(t, "link", "set", p+"0", "master", "br0")
 		ip(t, "link", "set", p+"0", "up")
 	}
-	br, err := net.InterfaceByName("br0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	br := iface(t, "br0")
 	s := openT(t, 0, Payload, WithJoin(joinG4, joinG6))
 	waitGroups(t, "br0", true, joinG4, joinG6)
 	env := "UDPSTREAM_PORT=" + strconv.Itoa(int(s.Port()))

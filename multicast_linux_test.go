@@ -46,10 +46,8 @@ func newGroupMember(t *testing.T) *groupMember {
 // set joins (or leaves) group g on interface ifName.
 func (m *groupMember) set(t *testing.T, g netip.Addr, ifName string, join bool) {
 	t.Helper()
-	ifi, err := net.InterfaceByName(ifName)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ifi := iface(t, ifName)
+	var err error
 	if g.Is4() {
 		op := unix.IP_ADD_MEMBERSHIP
 		if !join {
@@ -184,10 +182,7 @@ func TestMulticastMembership(t *testing.T) {
 	expectNone(t, dual.Packets(), 50*time.Millisecond)
 	m.set(t, fresh4, "in0", false)
 	m.set(t, fresh6, "in0", false)
-	in0, err := net.InterfaceByName("in0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	in0 := iface(t, "in0")
 	deadline := time.Now().Add(2 * time.Second)
 	for {
 		set4, set6 := v4only.sys.local.cur.Load(), dual.sys.local.cur.Load()
@@ -225,17 +220,7 @@ func TestProcGroups(t *testing.T) {
 	if !ok {
 		t.Fatal("dump interrupted")
 	}
-	read := map[membership]struct{}{}
-	for _, f := range []struct {
-		name string
-		v6   bool
-	}{{"/proc/net/igmp", false}, {"/proc/net/igmp6", true}} {
-		b, err := os.ReadFile(f.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		parseProcGroups(read, b, f.v6)
-	}
+	read := procGroups(t)
 	if len(dumped) < 7 || !maps.Equal(read, dumped) {
 		t.Fatalf("/proc says %v, netlink %v", read, dumped)
 	}

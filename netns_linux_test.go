@@ -80,14 +80,8 @@ func vethPair(t *testing.T, a, b string) (bIf *net.Interface, aMAC net.HardwareA
 	ip(t, "link", "add", a, "type", "veth", "peer", "name", b)
 	ip(t, "link", "set", a, "up")
 	ip(t, "link", "set", b, "up")
-	ai, err := net.InterfaceByName(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	bi, err := net.InterfaceByName(b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ai := iface(t, a)
+	bi := iface(t, b)
 	return bi, ai.HardwareAddr, ai
 }
 
@@ -127,15 +121,20 @@ func newInjector(t *testing.T, ifi *net.Interface, dst net.HardwareAddr) *inject
 
 func (in *injector) send(t *testing.T, pkt []byte) {
 	t.Helper()
+	if err := in.writeTo(pkt, in.dst); err != nil {
+		t.Fatalf("inject: %v", err)
+	}
+}
+
+// writeTo sends pkt in a frame to link-layer address dst.
+func (in *injector) writeTo(pkt []byte, dst net.HardwareAddr) error {
 	proto := uint16(unix.ETH_P_IP)
 	if pkt[0]>>4 == 6 {
 		proto = unix.ETH_P_IPV6
 	}
 	sa := &unix.SockaddrLinklayer{Protocol: htons(proto), Ifindex: in.ifi.Index, Halen: 6}
-	copy(sa.Addr[:], in.dst)
-	if err := unix.Sendto(in.fd, pkt, 0, sa); err != nil {
-		t.Fatalf("inject: %v", err)
-	}
+	copy(sa.Addr[:], dst)
+	return unix.Sendto(in.fd, pkt, 0, sa)
 }
 
 // leakCheck records goroutines and fds now and, at cleanup, fails if more
@@ -244,4 +243,15 @@ func peerInterface(t *testing.T) *net.Interface {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// iface returns the interface named name, failing the test if there is
+// none.
+func iface(t *testing.T, name string) *net.Interface {
+	t.Helper()
+	ifi, err := net.InterfaceByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ifi
 }

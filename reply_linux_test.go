@@ -277,10 +277,7 @@ func TestReplyToBroadcast(t *testing.T) {
 	}
 	leakCheck(t)
 	in := injectLink(t, "192.0.2.1/24")
-	peer, err := net.InterfaceByName("in1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	peer := iface(t, "in1")
 	// The peer end has no address of its own in this namespace: a static
 	// neighbour entry sends 192.0.2.2 across the link, where a monitoring
 	// stream on in1 sees what arrives.

@@ -340,11 +340,7 @@ func laterFragments(fam uint8) []unix.SockFilter {
 type wire struct{ attempted, failed atomic.Uint64 }
 
 // rawLink is one end of a veth pair to inject frames on.
-type rawLink struct {
-	fd  int
-	sa  unix.SockaddrLinklayer
-	ifi *net.Interface
-}
+type rawLink struct{ *injector }
 
 // soakLink makes veth pair near <-> far, with IPv6 off on far so that far
 // sends nothing of its own, and returns an injector on far.
@@ -363,34 +359,16 @@ func soakLink(t *testing.T, near, far string, prefixes ...string) (*rawLink, *ne
 	}
 	ip(t, "link", "set", far, "up")
 	ip(t, "link", "set", near, "up")
-	nearIf, err := net.InterfaceByName(near)
-	if err != nil {
-		t.Fatal(err)
-	}
-	farIf, err := net.InterfaceByName(far)
-	if err != nil {
-		t.Fatal(err)
-	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { unix.Close(fd) })
-	l := &rawLink{fd: fd, ifi: farIf, sa: unix.SockaddrLinklayer{Ifindex: farIf.Index, Halen: 6}}
-	copy(l.sa.Addr[:], nearIf.HardwareAddr)
-	return l, nearIf
+	nearIf := iface(t, near)
+	farIf := iface(t, far)
+	return &rawLink{newInjector(t, farIf, nearIf.HardwareAddr)}, nearIf
 }
 
 // send injects pkt, counting it in w. Only a refusal for want of buffer
 // is expected under load; any other error is returned.
 func (l *rawLink) send(pkt []byte, w *wire) error {
-	sa := l.sa
-	sa.Protocol = htons(unix.ETH_P_IP)
-	if pkt[0]>>4 == 6 {
-		sa.Protocol = htons(unix.ETH_P_IPV6)
-	}
 	w.attempted.Add(1)
-	err := unix.Sendto(l.fd, pkt, 0, &sa)
+	err := l.writeTo(pkt, l.dst)
 	if err != nil {
 		w.failed.Add(1)
 		if errors.Is(err, unix.ENOBUFS) || errors.Is(err, unix.EAGAIN) {

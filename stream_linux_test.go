@@ -82,10 +82,7 @@ func TestDualStackHeaders(t *testing.T) {
 		}
 		got[p.Header.Version] = p
 	}
-	lo, err := net.InterfaceByName("lo")
-	if err != nil {
-		t.Fatal(err)
-	}
+	lo := iface(t, "lo")
 	p4, p6 := got[4], got[6]
 	if string(p4.Value) != "over ipv4" || p4.Header.TTL != 17 || p4.Header.DSCP() != 0x2e || p4.Header.ECN() != ECT1 {
 		t.Errorf("ipv4: value %q ttl %d dscp %d ecn %v", p4.Value, p4.Header.TTL, p4.Header.DSCP(), p4.Header.ECN())
