@@ -35,6 +35,7 @@ const (
 	dropFragEvicted // reassembly limits: memory, per-source, fragment count
 	dropFragECN     // fragments whose ECN codepoints do not combine
 	dropKernel      // the kernel dropped it: receive ring full
+	dropRejected    // kernel-verdict mode: the kernel did not deliver it
 
 	numVerdicts
 )

@@ -28,9 +28,17 @@ const (
 	// it is ModeRing. Stream.Mode tells which one runs.
 	ModeAuto
 
-	// ModeKernel is reserved for kernel-verdict mode (the ring's headers,
-	// delivered only when the kernel delivers the same datagram to the
-	// stream's UDP socket). Open refuses it until it is implemented.
+	// ModeKernel, kernel-verdict mode, receives through the ring as
+	// ModeRing does, with every header field, and lets the kernel decide
+	// delivery: the UDP socket that reserves the port receives too, and a
+	// ring datagram is delivered only once its twin, the same datagram,
+	// reaches that socket. One the kernel does not deliver there (an
+	// nftables or iptables rule dropped it, a sysctl refused it) is
+	// dropped and counted in Stats.Rejected. Delivery then follows the
+	// host's firewall and every rule of the kernel's, at the cost of
+	// reading each datagram twice and of the wait for its twin (see the
+	// README for the figures). It needs CAP_NET_RAW and a socket of the
+	// stream's own: WithMonitor and WithAnyDestination are refused.
 	ModeKernel
 )
 
@@ -53,13 +61,11 @@ func (m Mode) String() string {
 func WithMode(m Mode) Option {
 	return Option{func(c *config) error {
 		switch m {
-		case ModeRing, ModeSocket, ModeAuto:
+		case ModeRing, ModeSocket, ModeAuto, ModeKernel:
 			c.mode = m
 			return nil
-		case ModeKernel:
-			return optionErr("mode kernel: kernel-verdict mode is not available yet")
 		}
-		return optionErr("mode %v: want ModeRing, ModeSocket or ModeAuto", m)
+		return optionErr("mode %v: want ModeRing, ModeKernel, ModeSocket or ModeAuto", m)
 	}}
 }
 
@@ -73,6 +79,24 @@ func (c *config) ringOnly() string {
 		return "WithPortErrors"
 	case c.dropErrors:
 		return "WithDropErrors"
+	case c.anyDestination:
+		return "WithAnyDestination"
+	}
+	return ""
+}
+
+// kernelConflicts are the options kernel-verdict mode refuses, with why.
+var kernelConflicts = map[string]string{
+	"WithMonitor":        "a monitor has no socket of its own for the kernel to deliver to",
+	"WithAnyDestination": "the kernel delivers only to this host's addresses",
+}
+
+// kernelConflict names the first option set in c that kernel-verdict mode
+// refuses, or returns "".
+func (c *config) kernelConflict() string {
+	switch {
+	case c.monitor:
+		return "WithMonitor"
 	case c.anyDestination:
 		return "WithAnyDestination"
 	}

@@ -35,8 +35,9 @@ type memberships struct {
 // multicast joins the groups of cfg on the stream's socket, or in monitor
 // mode on one opened for them, and applies WithMulticastLoopback.
 func (s *system) multicast(cfg *config, ifIndex int) error {
-	if cfg.mcastLoop != nil && s.reserve != nil {
-		if err := setMulticastLoop(s.reserve, *cfg.mcastLoop); err != nil {
+	rc, inet6, bound := s.portConn()
+	if cfg.mcastLoop != nil && bound {
+		if err := setMulticastLoop(rc, inet6, *cfg.mcastLoop); err != nil {
 			return err
 		}
 	}
@@ -44,12 +45,8 @@ func (s *system) multicast(cfg *config, ifIndex int) error {
 		return nil
 	}
 	m := &memberships{ifIndex: ifIndex, la: s.local}
-	if s.reserve != nil {
-		rc, err := s.reserve.SyscallConn()
-		if err != nil {
-			return err
-		}
-		m.rc, m.inet6 = rc, s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() == nil
+	if bound {
+		m.rc, m.inet6 = rc, inet6
 	} else {
 		// Monitor mode: a socket bound to nothing is in no port's hash
 		// chain, so it holds memberships and receives nothing.
@@ -217,18 +214,13 @@ func putSockaddr(b []byte, a netip.Addr) {
 // setMulticastLoop sets IP_MULTICAST_LOOP, and IPV6_MULTICAST_LOOP on an
 // AF_INET6 socket, which sends IPv4 by the IPv4 code and its flag unless
 // it is IPv6-only.
-func setMulticastLoop(c *net.UDPConn, on bool) error {
+func setMulticastLoop(rc syscall.RawConn, inet6, on bool) error {
 	v := 0
 	if on {
 		v = 1
 	}
-	rc, err := c.SyscallConn()
-	if err != nil {
-		return err
-	}
-	inet6 := c.LocalAddr().(*net.UDPAddr).IP.To4() == nil
 	var serr error
-	err = rc.Control(func(fd uintptr) {
+	err := rc.Control(func(fd uintptr) {
 		if inet6 {
 			if serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IPV6, unix.IPV6_MULTICAST_LOOP, v); serr != nil {
 				serr = os.NewSyscallError("setsockopt IPV6_MULTICAST_LOOP", serr)

@@ -2,9 +2,12 @@ package udpstream
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -16,21 +19,37 @@ import (
 // families.
 type sender struct {
 	conn  *net.UDPConn
+	raw   syscall.RawConn // without conn: a socket off the runtime poller (kernel-verdict mode)
+	inet6 bool            // raw's socket is AF_INET6
 	def   SendOptions
 	local *localAddrs // to tell the host's unicast addresses from broadcasts
 }
 
-// oobPool holds control-message buffers, so a reply allocates nothing.
-var oobPool = sync.Pool{New: func() any { return new([128]byte) }}
+// sendBuf is what one send needs besides the payload. A pool holds them,
+// so that a reply allocates nothing.
+type sendBuf struct {
+	oob  [128]byte
+	name unix.RawSockaddrInet6 // large enough for an IPv4 one too
+	iov  unix.Iovec
+	msg  unix.Msghdr
+	err  error
+	fn   func(uintptr) // b.sendmsg, made once: a method value allocates
+}
+
+var sendPool = sync.Pool{New: func() any {
+	b := new(sendBuf)
+	b.fn = b.sendmsg
+	return b
+}}
 
 func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifIndex int, o SendOptions) error {
 	if err := o.valid(); err != nil {
 		return err
 	}
 	o = o.merged(tx.def)
-	buf := oobPool.Get().(*[128]byte)
-	defer oobPool.Put(buf)
-	oob := buf[:0]
+	buf := sendPool.Get().(*sendBuf)
+	defer sendPool.Put(buf)
+	oob := buf.oob[:0]
 	// The link of a link-local address is ifIndex; its zone, which a
 	// received Header carries, is not looked up again.
 	src = src.Unmap().WithZone("")
@@ -83,8 +102,68 @@ func (tx *sender) send(payload []byte, src netip.Addr, dst netip.AddrPort, ifInd
 			oob = appendCmsgInt(oob, unix.IPPROTO_IPV6, unix.IPV6_TCLASS, int(v))
 		}
 	}
+	if tx.conn == nil {
+		return tx.sendRaw(buf, payload, oob, dst)
+	}
 	_, _, err := tx.conn.WriteMsgUDPAddrPort(payload, oob, dst)
 	return err
+}
+
+// sendRaw sends through raw, blocking while the socket's send buffer is
+// full.
+func (tx *sender) sendRaw(b *sendBuf, payload, oob []byte, dst netip.AddrPort) error {
+	b.name = unix.RawSockaddrInet6{}
+	port := (*[2]byte)(unsafe.Pointer(&b.name.Port))
+	binary.BigEndian.PutUint16(port[:], dst.Port())
+	namelen := uint32(unix.SizeofSockaddrInet6)
+	if tx.inet6 {
+		b.name.Family = unix.AF_INET6
+		b.name.Addr = dst.Addr().As16() // IPv4 as IPv4-mapped
+	} else {
+		if !dst.Addr().Is4() {
+			return fmt.Errorf("udpstream: sending to %v: %w", dst, unix.EAFNOSUPPORT)
+		}
+		sa := (*unix.RawSockaddrInet4)(unsafe.Pointer(&b.name))
+		sa.Family = unix.AF_INET
+		sa.Addr = dst.Addr().As4()
+		namelen = unix.SizeofSockaddrInet4
+	}
+	b.iov = unix.Iovec{}
+	if len(payload) > 0 {
+		b.iov.Base = &payload[0]
+		b.iov.SetLen(len(payload))
+	}
+	b.msg = unix.Msghdr{Name: (*byte)(unsafe.Pointer(&b.name)), Namelen: namelen, Iov: &b.iov}
+	b.msg.SetIovlen(1)
+	if len(oob) > 0 {
+		b.msg.Control = &oob[0]
+		b.msg.SetControllen(len(oob))
+	}
+	b.err = nil
+	var err error
+	if tx.raw.Control(b.fn) != nil {
+		// Control fails only once the socket is closed; say so as the
+		// other modes' sockets do.
+		err = net.ErrClosed
+	} else {
+		err = b.err
+	}
+	b.iov, b.msg, b.err = unix.Iovec{}, unix.Msghdr{}, nil // keep nothing of the caller's
+	return err
+}
+
+// sendmsg is the RawConn callback of sendRaw.
+func (b *sendBuf) sendmsg(fd uintptr) {
+	for {
+		_, _, e := unix.Syscall(unix.SYS_SENDMSG, fd, uintptr(unsafe.Pointer(&b.msg)), 0)
+		if e == unix.EINTR {
+			continue
+		}
+		if e != 0 {
+			b.err = os.NewSyscallError("sendmsg", e)
+		}
+		return
+	}
 }
 
 // appendCmsg appends a control message header for n bytes of zeroed data

@@ -33,9 +33,14 @@ const (
 // udpSocket is one UDP socket of a socket-mode stream, on the runtime
 // poller through its net.UDPConn.
 type udpSocket struct {
-	conn   *net.UDPConn
-	rc     syscall.RawConn
-	readFn func(uintptr) bool // us.read, made once: a method value allocates
+	conn      *net.UDPConn // nil for a twin socket
+	file      *os.File     // a twin socket's, off the poller; nil otherwise
+	rc        syscall.RawConn
+	readFn    func(uintptr) bool // us.read, made once: a method value allocates
+	controlFn func(uintptr)      // the same for RawConn.Control
+	slot      int                // bytes of each datagram read
+	inet6     bool               // an AF_INET6 socket (a twin socket's)
+	flags     int                // more recvmmsg flags
 
 	hdrs  [socketBatch]unix.Mmsghdr
 	iovs  [socketBatch]unix.Iovec
@@ -87,24 +92,10 @@ func newUDPSocket(conn *net.UDPConn, bufBytes int) (*udpSocket, error) {
 	if err != nil {
 		return nil, err
 	}
-	us := &udpSocket{
-		conn: conn,
-		rc:   rc,
-		bufs: make([]byte, socketBatch*socketSlot),
-		oob:  make([]byte, socketBatch*socketOOB),
-	}
-	us.readFn = us.read
-	for i := range us.hdrs {
-		us.iovs[i].Base = &us.bufs[i*socketSlot]
-		us.iovs[i].SetLen(socketSlot)
-		h := &us.hdrs[i].Hdr
-		h.Name = (*byte)(unsafe.Pointer(&us.names[i]))
-		h.Iov = &us.iovs[i]
-		h.SetIovlen(1)
-		h.Control = &us.oob[i*socketOOB]
-	}
+	us := newSocketReader(rc, socketSlot, 0)
+	us.conn = conn
 	var serr error
-	err = rc.Control(func(fd uintptr) { serr = setSocketOptions(int(fd), bufBytes) })
+	err = rc.Control(func(fd uintptr) { serr = setSocketOptions(int(fd), bufBytes, socketOptions) })
 	if err == nil {
 		err = serr
 	}
@@ -114,10 +105,60 @@ func newUDPSocket(conn *net.UDPConn, bufBytes int) (*udpSocket, error) {
 	return us, nil
 }
 
-// setSocketOptions turns on the control messages socket mode reads. An
-// IPv6 socket receives the IPv4 ones too, for the IPv4 datagrams a
-// dual-stack socket takes.
-func setSocketOptions(fd, bufBytes int) error {
+// newSocketReader makes the recvmmsg buffers of a socket read through rc,
+// slot bytes of each datagram.
+func newSocketReader(rc syscall.RawConn, slot, flags int) *udpSocket {
+	us := &udpSocket{
+		rc:    rc,
+		slot:  slot,
+		flags: flags,
+		bufs:  make([]byte, socketBatch*slot),
+		oob:   make([]byte, socketBatch*socketOOB),
+	}
+	us.readFn = us.read
+	us.controlFn = func(fd uintptr) { us.read(fd) }
+	for i := range us.hdrs {
+		us.iovs[i].Base = &us.bufs[i*slot]
+		us.iovs[i].SetLen(slot)
+		h := &us.hdrs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&us.names[i]))
+		h.Iov = &us.iovs[i]
+		h.SetIovlen(1)
+		h.Control = &us.oob[i*socketOOB]
+	}
+	return us
+}
+
+// sockOpt is a socket option that a mode turns on.
+type sockOpt struct {
+	level, opt int
+	name       string
+	inet6      bool // only on an AF_INET6 socket
+}
+
+// socketOptions are the control messages socket mode reads. An IPv6
+// socket asks for the IPv4 ones too, for the IPv4 datagrams a dual-stack
+// socket takes.
+var socketOptions = []sockOpt{
+	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, "SO_TIMESTAMPNS", false},
+	{unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO", false},
+	{unix.IPPROTO_IP, unix.IP_RECVTTL, "IP_RECVTTL", false},
+	{unix.IPPROTO_IP, unix.IP_RECVTOS, "IP_RECVTOS", false},
+	{unix.IPPROTO_IP, unix.IP_RECVOPTS, "IP_RECVOPTS", false},
+	// Linux 4.10: without it a fragmented datagram looks whole.
+	{unix.IPPROTO_IP, unix.IP_RECVFRAGSIZE, "IP_RECVFRAGSIZE", false},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT, "IPV6_RECVHOPLIMIT", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS, "IPV6_RECVTCLASS", true},
+	{unix.IPPROTO_IPV6, ipv6FlowInfo, "IPV6_FLOWINFO", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPOPTS, "IPV6_RECVHOPOPTS", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVDSTOPTS, "IPV6_RECVDSTOPTS", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVRTHDR, "IPV6_RECVRTHDR", true},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVFRAGSIZE, "IPV6_RECVFRAGSIZE", true},
+}
+
+// setSocketOptions sizes the socket's receive buffer and turns on opts.
+func setSocketOptions(fd, bufBytes int, opts []sockOpt) error {
 	// Above net.core.rmem_max only with CAP_NET_ADMIN; SO_RCVBUF then
 	// takes what the limit allows.
 	if unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, bufBytes) != nil {
@@ -125,40 +166,17 @@ func setSocketOptions(fd, bufBytes int) error {
 			return os.NewSyscallError("setsockopt SO_RCVBUF", err)
 		}
 	}
-	opts := []struct {
-		level, opt int
-		name       string
-	}{
-		{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, "SO_TIMESTAMPNS"},
-		{unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO"},
-		{unix.IPPROTO_IP, unix.IP_RECVTTL, "IP_RECVTTL"},
-		{unix.IPPROTO_IP, unix.IP_RECVTOS, "IP_RECVTOS"},
-		{unix.IPPROTO_IP, unix.IP_RECVOPTS, "IP_RECVOPTS"},
-		// Linux 4.10: without it a fragmented datagram looks whole.
-		{unix.IPPROTO_IP, unix.IP_RECVFRAGSIZE, "IP_RECVFRAGSIZE"},
-	}
 	sa, err := unix.Getsockname(fd)
 	if err != nil {
 		return os.NewSyscallError("getsockname", err)
 	}
-	if _, ok := sa.(*unix.SockaddrInet6); ok {
-		opts = append(opts, []struct {
-			level, opt int
-			name       string
-		}{
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPLIMIT, "IPV6_RECVHOPLIMIT"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVTCLASS, "IPV6_RECVTCLASS"},
-			{unix.IPPROTO_IPV6, ipv6FlowInfo, "IPV6_FLOWINFO"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVHOPOPTS, "IPV6_RECVHOPOPTS"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVDSTOPTS, "IPV6_RECVDSTOPTS"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVRTHDR, "IPV6_RECVRTHDR"},
-			{unix.IPPROTO_IPV6, unix.IPV6_RECVFRAGSIZE, "IPV6_RECVFRAGSIZE"},
-		}...)
-	}
+	_, inet6 := sa.(*unix.SockaddrInet6)
 	for _, o := range opts {
+		if o.inet6 && !inet6 {
+			continue
+		}
 		if err := unix.SetsockoptInt(fd, o.level, o.opt, 1); err != nil {
-			return fmt.Errorf("udpstream: socket mode: %w", os.NewSyscallError("setsockopt "+o.name, err))
+			return fmt.Errorf("udpstream: %w", os.NewSyscallError("setsockopt "+o.name, err))
 		}
 	}
 	return nil
@@ -178,7 +196,7 @@ func (us *udpSocket) read(fd uintptr) bool {
 		h.Flags = 0
 	}
 	for {
-		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&us.hdrs[0])), socketBatch, unix.MSG_DONTWAIT, 0, 0)
+		n, _, e := unix.Syscall6(unix.SYS_RECVMMSG, fd, uintptr(unsafe.Pointer(&us.hdrs[0])), socketBatch, uintptr(unix.MSG_DONTWAIT|us.flags), 0, 0)
 		switch e {
 		case 0:
 			us.n, us.err = int(n), nil
@@ -248,7 +266,7 @@ func drainSocket[T any](us *udpSocket, h *handler[T]) {
 	for {
 		// Control, not Read: the read deadline has passed.
 		us.block = false
-		if us.rc.Control(func(fd uintptr) { us.read(fd) }) != nil || us.err != nil || us.n == 0 {
+		if us.rc.Control(us.controlFn) != nil || us.err != nil || us.n == 0 {
 			return
 		}
 		for i := range us.n {
@@ -304,7 +322,13 @@ func socketDrops(fd int) uint64 {
 	return uint64(info[unix.SK_MEMINFO_DROPS])
 }
 
-func (us *udpSocket) close() { us.conn.Close() }
+func (us *udpSocket) close() {
+	if us.file != nil {
+		us.file.Close()
+		return
+	}
+	us.conn.Close()
+}
 
 // datagram handles datagram i of the last recvmmsg.
 func (h *handler[T]) datagram(ctx context.Context, us *udpSocket, i int) error {
@@ -317,7 +341,7 @@ func (h *handler[T]) datagram(ctx context.Context, us *udpSocket, i int) error {
 		h.counts.abandoned.Add(1)
 		return nil
 	}
-	payload := us.bufs[i*socketSlot : i*socketSlot+int(msg.Len)]
+	payload := us.bufs[i*us.slot : i*us.slot+int(msg.Len)]
 	pkt := &h.batch[h.n]
 	us.header(&pkt.Header, i, h.port, len(payload))
 	if pkt.Header.Version == 6 {

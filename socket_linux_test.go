@@ -298,16 +298,13 @@ func TestSocketModeCancel(t *testing.T) {
 }
 
 // TestSocketModeOptions refuses, in socket mode, the options only a
-// packet socket can honour, and kernel-verdict mode for now.
+// packet socket can honour.
 func TestSocketModeOptions(t *testing.T) {
 	for _, o := range []Option{WithMonitor(), WithPortErrors(), WithDropErrors(), WithAnyDestination()} {
 		_, err := Open(context.Background(), 9, Payload, WithMode(ModeSocket), o)
 		if !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "needs ring mode") {
 			t.Errorf("socket mode with a ring option: %v", err)
 		}
-	}
-	if _, err := Open(context.Background(), 0, Payload, WithMode(ModeKernel)); !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "not available yet") {
-		t.Errorf("kernel mode: %v", err)
 	}
 	for m, name := range map[Mode]string{ModeRing: "ring", ModeSocket: "socket", ModeAuto: "auto", ModeKernel: "kernel"} {
 		if m.String() != name {

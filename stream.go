@@ -122,9 +122,7 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 		done:   make(chan struct{}),
 		sys:    sys,
 	}
-	if sys.reserve != nil {
-		s.tx = &sender{conn: sys.reserve, def: cfg.send, local: sys.local}
-	}
+	s.tx = sys.newSender(cfg.send)
 	s.reasm = newReassembler(reassemblyConfig{
 		timeout:      cfg.reasmTimeout,
 		maxBytes:     cfg.reasmMemory,
@@ -132,7 +130,7 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 		maxPerSource: cfg.reasmPerSource,
 	})
 	for _, src := range sys.sources {
-		s.handlers = append(s.handlers, &handler[T]{
+		h := &handler[T]{
 			out:   s.ch,
 			dec:   dec,
 			fam:   src.family(),
@@ -141,7 +139,11 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 			local: sys.local,
 			reasm: s.reasm,
 			tx:    s.tx,
-		})
+		}
+		if sys.verdict != nil {
+			h.kv = newKernelVerdict[T](sys.verdict, h.fam)
+		}
+		s.handlers = append(s.handlers, h)
 	}
 	go s.run(sctx)
 	return s, nil
@@ -187,8 +189,8 @@ func (s *Stream[T]) Packets() <-chan Packet[T] { return s.ch }
 // kernel when Open was given port 0.
 func (s *Stream[T]) Port() uint16 { return s.port }
 
-// Mode returns the way the stream receives: ModeRing or ModeSocket, the
-// one ModeAuto chose.
+// Mode returns the way the stream receives: ModeRing, ModeKernel or
+// ModeSocket, ModeAuto's choice for ModeAuto.
 func (s *Stream[T]) Mode() Mode { return s.mode }
 
 // Err returns why the stream ended: nil while it runs and after it was
@@ -225,6 +227,9 @@ func (s *Stream[T]) Stats() Stats {
 	}
 	st.KernelDrops += s.sys.kernelDrops.Load()
 	st.Abandoned += s.abandoned.Load()
+	if v := s.sys.verdict; v != nil {
+		st.SocketOnly = v.socketOnly.Load()
+	}
 	// Datagrams time out as later fragments arrive; a quiet stream learns
 	// of them here.
 	s.reasm.expire(time.Now())
@@ -344,12 +349,29 @@ type Stats struct {
 	// those still in the kernel ring, and fragmented datagrams still in
 	// reassembly.
 	Abandoned uint64 `json:"abandoned"`
+	// Rejected counts, in kernel-verdict mode (ModeKernel), datagrams the
+	// ring received that the kernel did not deliver to the stream's UDP
+	// socket: an nftables or iptables rule dropped them, a sysctl such as
+	// rp_filter refused them, or another rule of the kernel's own. The
+	// other modes count none.
+	Rejected uint64 `json:"rejected"`
 	// KernelDrops counts frames the kernel dropped because the receive
 	// ring was full (PACKET_STATISTICS), as happens when the consumer
 	// falls behind for longer than the ring can hold. In socket mode it
 	// counts the datagrams the kernel dropped at the UDP socket
-	// (SK_MEMINFO_DROPS): its receive buffer full, or a bad checksum.
+	// (SK_MEMINFO_DROPS): its receive buffer full, or a bad checksum. In
+	// kernel-verdict mode it also counts ring datagrams whose twin the
+	// socket dropped for want of room.
 	KernelDrops uint64 `json:"kernel_drops"`
+
+	// SocketOnly counts, in kernel-verdict mode, datagrams the kernel
+	// delivered to the stream's UDP socket whose copy in the ring never
+	// came: the ring was full (counted in KernelDrops), or udpstream's own
+	// checks dropped it (counted under that reason). It is not a drop of
+	// its own, and not in Dropped: the datagram is counted where its ring
+	// copy went. Datagrams arriving while Open sets the stream up may
+	// count here too.
+	SocketOnly uint64 `json:"socket_only"`
 }
 
 // Dropped returns the sum of every drop reason.
@@ -357,7 +379,7 @@ func (s Stats) Dropped() uint64 {
 	return s.OtherPort + s.NotIP + s.NotUDP + s.Malformed + s.BadIPChecksum +
 		s.BadUDPChecksum + s.ZeroUDPChecksum + s.Unsupported + s.NotLocal +
 		s.TooLong + s.FragOverlap + s.FragTimeout +
-		s.FragEvicted + s.BadOptions + s.Martian + s.FragECN + s.Abandoned + s.KernelDrops
+		s.FragEvicted + s.BadOptions + s.Martian + s.FragECN + s.Abandoned + s.Rejected + s.KernelDrops
 }
 
 // field returns the Stats counter a drop verdict adds to.
@@ -398,6 +420,8 @@ func (s *Stats) field(v verdict) *uint64 {
 		return &s.FragECN
 	case dropKernel:
 		return &s.KernelDrops
+	case dropRejected:
+		return &s.Rejected
 	}
 	return nil
 }
@@ -479,6 +503,8 @@ type handler[T any] struct {
 	ending bool
 
 	zones map[int]zoneName // interface names as zones, by index
+
+	kv *kernelVerdict[T] // in kernel-verdict mode, the datagrams held for their twins
 }
 
 // handoffBatch bounds the datagrams a handler holds before it hands them
@@ -584,7 +610,9 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta) error 
 		h.counts.drops[v].Add(1)
 		return nil
 	}
-	if !h.cfg.anyDestination && !h.isLocal(h.p.Src.Addr(), h.p.Dst.Addr(), m.ifIndex) {
+	// In kernel-verdict mode the kernel's delivery to the socket says
+	// whether the destination is local.
+	if !h.cfg.anyDestination && h.kv == nil && !h.isLocal(h.p.Src.Addr(), h.p.Dst.Addr(), m.ifIndex) {
 		h.counts.drops[dropNotLocal].Add(1)
 		return nil
 	}
@@ -623,6 +651,9 @@ func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, 
 	default:
 		h.counted[h.n] = &h.counts.delivered
 		h.counts.pending.Add(1)
+	}
+	if h.kv != nil && v == deliver {
+		return h.hold(ctx, payload)
 	}
 	return h.made(ctx)
 }

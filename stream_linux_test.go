@@ -913,7 +913,7 @@ func TestStreamAllocs(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	for _, mode := range []Mode{ModeRing, ModeSocket} {
+	for _, mode := range []Mode{ModeRing, ModeSocket, ModeKernel} {
 		s := openT(t, 0, HeaderOnly, WithNetwork("udp4"), WithMode(mode))
 		c := udpSender(t, "udp4", 64, 0)
 		dst := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), s.Port())

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -20,7 +21,9 @@ type system struct {
 	port    uint16
 	mode    Mode // ModeRing or ModeSocket
 	sources []source
-	reserve *net.UDPConn // nil in monitor mode; in socket mode the first source's
+	reserve *net.UDPConn // nil in monitor and kernel-verdict mode; in socket mode the first source's
+	twin    *udpSocket   // in kernel-verdict mode, the socket that reserves the port and receives
+	verdict *verdicts    // in kernel-verdict mode, the pairing of ring datagrams with twins
 	joins   *memberships // nil without WithJoin
 	watcher *addrWatcher
 	local   *localAddrs
@@ -112,12 +115,24 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.mode == ModeKernel {
+		if o := cfg.kernelConflict(); o != "" {
+			return nil, optionErr("%s and kernel-verdict mode exclude each other: %s", o, kernelConflicts[o])
+		}
+	}
 	if s.spare < 0 {
 		if s.spare, err = checkPacketSockets(reserve); err != nil {
 			return nil, err
 		}
 	}
-	if !cfg.monitor {
+	switch {
+	case s.mode == ModeKernel:
+		s.twin, s.port, err = openTwinSocket(cfg, port, ifName)
+		if err != nil {
+			return nil, err
+		}
+		s.verdict = newVerdicts(s.twin, s.port)
+	case !cfg.monitor:
 		s.reserve, s.port, err = reservePort(cfg.network, port, ifName, false, false)
 		if err != nil {
 			return nil, err
@@ -172,8 +187,37 @@ func (s *system) watch(cfg *config, ifIndex int) (err error) {
 	s.local = s.watcher.la
 	// A "udp" stream reserves with an AF_INET socket where the host has
 	// no IPv6.
-	s.local.mcast4 = cfg.network == "udp4" || s.reserve != nil && s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() != nil
+	_, inet6, bound := s.portConn()
+	s.local.mcast4 = cfg.network == "udp4" || bound && !inet6
 	return s.multicast(cfg, ifIndex)
+}
+
+// portConn returns the socket bound to the stream's port and whether it
+// is an AF_INET6 one; ok is false in monitor mode, which has none.
+func (s *system) portConn() (rc syscall.RawConn, inet6, ok bool) {
+	switch {
+	case s.twin != nil:
+		return s.twin.rc, s.twin.inet6, true
+	case s.reserve != nil:
+		rc, err := s.reserve.SyscallConn()
+		if err != nil {
+			return nil, false, false
+		}
+		return rc, s.reserve.LocalAddr().(*net.UDPAddr).IP.To4() == nil, true
+	}
+	return nil, false, false
+}
+
+// newSender returns the sender of the stream's replies: nil in monitor
+// mode, which has no socket of its own.
+func (s *system) newSender(def SendOptions) *sender {
+	if s.reserve != nil {
+		return &sender{conn: s.reserve, def: def, local: s.local}
+	}
+	if rc, inet6, ok := s.portConn(); ok {
+		return &sender{raw: rc, inet6: inet6, def: def, local: s.local}
+	}
+	return nil
 }
 
 // ifaceGoneError says that the interface a stream is bound to was removed.
@@ -235,6 +279,27 @@ func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) er
 	batch := 0 // frames since the ring was last found empty
 	for {
 		pkt, tooLong, losing, ok := ps.peek(&m)
+		if !ok && h.kv != nil {
+			// Pair what the ring gave with the socket's twins. The time
+			// is taken before a last look at the ring: the ring was
+			// empty after it.
+			at := h.kv.v.now()
+			if ps.ready() {
+				continue
+			}
+			if h.settle(ctx, at) != nil {
+				return nil
+			}
+			if h.n == 0 && h.kv.count > 0 {
+				// Twins still to come, or the kernel's refusal to
+				// learn: look again shortly, and at the ring meanwhile.
+				_ = unix.Nanosleep(&twinPollSpec, nil)
+				if ctx.Err() != nil {
+					return nil
+				}
+				continue
+			}
+		}
 		if !ok {
 			if h.n > 0 {
 				// Hand the batch over before sleeping or waiting, and
@@ -302,6 +367,9 @@ func (h *handler[T]) frame(ctx context.Context, ps *packetSocket, pkt []byte, to
 func drain[T any](ps *packetSocket, h *handler[T]) {
 	h.discard()
 	h.ending = true
+	if h.kv != nil {
+		h.abandonHeld()
+	}
 	if ps.stop() != nil {
 		return // the socket is gone; so is what it held
 	}
@@ -327,7 +395,10 @@ func drain[T any](ps *packetSocket, h *handler[T]) {
 // frames, far from filling the default ring.
 const coalesceBatch = 4
 
-var coalesceSpec = unix.NsecToTimespec((250 * time.Microsecond).Nanoseconds())
+var (
+	coalesceSpec = unix.NsecToTimespec((250 * time.Microsecond).Nanoseconds())
+	twinPollSpec = unix.NsecToTimespec(twinPoll.Nanoseconds())
+)
 
 // pollKernelDrops collects the kernel's drop counts, which it resets on
 // every read.
@@ -376,6 +447,9 @@ func (s *system) close() {
 	}
 	if s.reserve != nil && s.mode != ModeSocket { // a source's own in socket mode
 		s.reserve.Close()
+	}
+	if s.twin != nil {
+		s.twin.close()
 	}
 	s.joins.close()
 }

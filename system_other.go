@@ -18,6 +18,7 @@ type system struct {
 	sources     []source
 	local       *localAddrs
 	reserve     any
+	verdict     *verdicts
 	kernelDrops atomic.Uint64
 }
 
@@ -32,6 +33,8 @@ type sender struct {
 func (*sender) send([]byte, netip.Addr, netip.AddrPort, int, SendOptions) error {
 	return errors.ErrUnsupported
 }
+
+func (*system) newSender(SendOptions) *sender { return nil }
 
 func openSystem(*config, uint16) (*system, error) {
 	return nil, fmt.Errorf("udpstream: not implemented on %s: %w", runtime.GOOS, errors.ErrUnsupported)

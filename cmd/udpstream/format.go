@@ -410,6 +410,7 @@ var dropReasons = []struct {
 	{"IP options the kernel refuses", func(s udpstream.Stats) uint64 { return s.BadOptions }},
 	{"martian source", func(s udpstream.Stats) uint64 { return s.Martian }},
 	{"fragments of mixed ECN", func(s udpstream.Stats) uint64 { return s.FragECN }},
+	{"refused by the kernel (firewall or kernel rule)", func(s udpstream.Stats) uint64 { return s.Rejected }},
 	{"still in the stream at exit", func(s udpstream.Stats) uint64 { return s.Abandoned }},
 }
 
@@ -440,8 +441,11 @@ func appendSummary(b []byte, st udpstream.Stats, delivered uint64, mode udpstrea
 			sep = ", "
 		}
 	}
-	if mode == udpstream.ModeSocket {
+	switch mode {
+	case udpstream.ModeSocket:
 		return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (socket buffer full)\n", plural(st.KernelDrops, "datagram"))
+	case udpstream.ModeKernel:
+		return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring or socket buffer full)\n", plural(st.KernelDrops, "datagram"))
 	}
 	return fmt.Appendf(b, "\nudpstream: %s dropped by the kernel (receive ring full)\n", plural(st.KernelDrops, "frame"))
 }

@@ -4,14 +4,17 @@
 // headers. With CAP_NET_RAW it receives through packet sockets and sees
 // every header field (ring mode); without, it receives through its UDP
 // socket and sees what the kernel's control messages tell (socket mode:
-// not the IPv4 ID and DF, the UDP checksum or the fragment count). -mode
-// ring or -mode socket chooses; without -mode it runs ring mode where it
-// may open packet sockets and socket mode otherwise. See -demo for a way
-// to try ring mode without CAP_NET_RAW.
+// not the IPv4 ID and DF, the UDP checksum or the fragment count).
+// -mode kernel receives through packet sockets too but prints only the
+// datagrams the kernel also delivered to the tool's UDP socket, so that
+// the host's firewall and the kernel's rules decide (kernel-verdict mode).
+// -mode ring, kernel or socket chooses; without -mode it runs ring mode
+// where it may open packet sockets and socket mode otherwise. See -demo
+// for a way to try ring mode without CAP_NET_RAW.
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|kernel|socket]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -25,7 +28,7 @@
 //
 //	udpstream: mode M
 //
-// with the mode that runs, ring or socket. Then each datagram is one line on stdout, written as soon
+// with the mode that runs, ring, kernel or socket. Then each datagram is one line on stdout, written as soon
 // as no further datagram is waiting (so that a burst takes few writes and
 // no line waits while the tool is idle): a readable line aligned for a terminal, or with -json one
 // JSON object with the fields time, ifindex, ifname, family, src, sport,
@@ -167,7 +170,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
-	fs.StringVar(&o.mode, "mode", "", "receive through packet sockets (`ring`, needs CAP_NET_RAW, every header field) or the UDP socket (socket: no privilege, no IPv4 ID or DF, UDP checksum or fragment count); default ring where packet sockets can be opened, socket otherwise")
+	fs.StringVar(&o.mode, "mode", "", "receive through packet sockets (`ring`, needs CAP_NET_RAW, every header field), through packet sockets keeping only what the kernel delivers to the UDP socket (kernel: the firewall and the kernel's rules decide), or through the UDP socket (socket: no privilege, no IPv4 ID or DF, UDP checksum or fragment count); default ring where packet sockets can be opened, socket otherwise")
 	fs.Func("join", "join the multicast `group` (repeatable), on the interface of -i or on every one that is up", func(v string) error {
 		g, err := netip.ParseAddr(v)
 		switch {
@@ -182,7 +185,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|socket]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|kernel|socket]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -218,10 +221,10 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w needs a file name, or - for stdout")
 	case o.top && (o.json || o.write != ""):
 		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
-	case o.mode == "kernel":
-		return o, usageError("-mode kernel: kernel-verdict mode is not available yet: use ring or socket")
-	case o.mode != "" && o.mode != "ring" && o.mode != "socket":
-		return o, usageError(fmt.Sprintf("-mode %q: want ring or socket", o.mode))
+	case o.mode != "" && o.mode != "ring" && o.mode != "kernel" && o.mode != "socket":
+		return o, usageError(fmt.Sprintf("-mode %q: want ring, kernel or socket", o.mode))
+	case o.mode == "kernel" && o.monitor:
+		return o, usageError("-mode kernel needs the port's socket, which -monitor leaves to its owner: use -mode ring")
 	case o.mode == "socket" && o.write != "":
 		return o, usageError("-w writes whole IP datagrams, which -mode socket does not receive: use -mode ring")
 	case o.mode == "socket" && (o.monitor || o.portErrors):
@@ -265,6 +268,8 @@ func (o options) streamOptions() []udpstream.Option {
 	switch {
 	case o.mode == "socket":
 		opts = append(opts, udpstream.WithMode(udpstream.ModeSocket))
+	case o.mode == "kernel":
+		opts = append(opts, udpstream.WithMode(udpstream.ModeKernel))
 	case o.mode == "" && o.write == "":
 		// A capture needs the IP header bytes only the ring receives.
 		opts = append(opts, udpstream.WithMode(udpstream.ModeAuto))

@@ -321,7 +321,7 @@ func next(t *testing.T, ch <-chan string, what string) string {
 
 var (
 	listeningRE = regexp.MustCompile(`^udpstream: listening on port ([0-9]+)$`)
-	modeRE      = regexp.MustCompile(`^udpstream: mode (ring|socket)$`)
+	modeRE      = regexp.MustCompile(`^udpstream: mode (ring|kernel|socket)$`)
 )
 
 // port reads the first stderr line, which must say the port, and the

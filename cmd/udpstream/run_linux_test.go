@@ -61,8 +61,22 @@ func TestRunJSON(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	p := startRun(t, "-port", "0", "-json", "-count", "3")
+	for _, mode := range []string{"ring", "kernel"} {
+		t.Run(mode, func(t *testing.T) { testRunJSON(t, mode) })
+	}
+}
+
+// testRunJSON is TestRunJSON in a mode that sees every header field.
+func testRunJSON(t *testing.T, mode string) {
+	args := []string{"-port", "0", "-json", "-count", "3"}
+	if mode != "ring" {
+		args = append(args, "-mode", mode)
+	}
+	p := startRun(t, args...)
 	port := p.port(t)
+	if p.mode != mode {
+		t.Fatalf("mode %q, want %s", p.mode, mode)
+	}
 
 	nop := []byte{1, 1, 1, 0} // NOP, NOP, NOP, End of Options List
 	s1 := sender(t, "udp4", sendOpts{ttl: 42, tos: 0x2a, df: 1, ipOptions: nop})

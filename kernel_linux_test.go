@@ -1,0 +1,274 @@
+package udpstream
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+// checkSameHeader compares a kernel-verdict header with the ring's header
+// of the same datagram: every field is the ring's.
+func checkSameHeader(t *testing.T, what string, got, ring Header) {
+	t.Helper()
+	if got.Unknown != 0 || ring.Unknown != 0 {
+		t.Errorf("%s: unknown fields %b, ring's %b", what, got.Unknown, ring.Unknown)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ring) {
+		t.Errorf("%s:\nkernel %+v\nring   %+v", what, got, ring)
+	}
+}
+
+// pairedByTime reports the stream's pairs and how many of them agreed on
+// the kernel's receive time.
+func pairedByTime[T any](s *Stream[T]) (pairs, sameTime uint64) {
+	v := s.sys.verdict
+	return v.pairs.Load(), v.sameTime.Load()
+}
+
+// TestKernelMode receives in kernel-verdict mode while a ring-mode monitor
+// watches the same port: both families, a link-local destination and a
+// broadcast arrive with every header field the ring sees, each paired with
+// its twin on the kernel's receive time.
+func TestKernelMode(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad")
+	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
+	s := openT(t, 0, Payload, WithMode(ModeKernel))
+	if s.Mode() != ModeKernel {
+		t.Fatalf("mode %v", s.Mode())
+	}
+	ring := openT(t, s.Port(), Payload, WithMonitor())
+	c4, c6 := socketSenders(t)
+	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("four"))
+	sendTo(t, c6, "::1", s.Port(), []byte("six, a little longer"))
+	ll := udpSender(t, "udp6", 5, 0)
+	dst := netip.AddrPortFrom(netip.MustParseAddr("fe80::1").WithZone("lo"), s.Port())
+	if _, err := ll.WriteToUDPAddrPort([]byte("link-local"), dst); err != nil {
+		t.Fatal(err)
+	}
+	h4 := v4()
+	h4.src = netip.MustParseAddr("192.0.2.7").As4()
+	h4.dst = netip.MustParseAddr("192.0.2.255").As4()
+	in.send(t, h4.udp(4000, s.Port(), []byte("broadcast")))
+
+	got, rh := byPayload(t, s.Packets(), 4), byPayload(t, ring.Packets(), 4)
+	for k, h := range got {
+		checkSameHeader(t, k, h, rh[k])
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+	// (The injecting link's multicast listener reports, behind a
+	// Hop-by-Hop header, may count as not UDP.)
+	st := settled(t, s)
+	if st.Delivered != 4 || st.Dropped()-st.NotUDP != 0 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if pairs, same := pairedByTime(s); pairs != 4 || same != pairs {
+		t.Errorf("%d pairs, %d of them on the same receive time", pairs, same)
+	}
+}
+
+// TestKernelModeFragments lowers loopback's MTU so that large datagrams
+// travel in fragments: the reassembled datagram pairs with the kernel's on
+// the receive time of its last fragment.
+func TestKernelModeFragments(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "link", "set", "lo", "mtu", "1280")
+	s := openT(t, 0, Payload, WithMode(ModeKernel))
+	ring := openT(t, s.Port(), Payload, WithMonitor())
+	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
+	big4, big6 := bigPayload(3000, 4), bigPayload(5000, 6)
+	sendTo(t, c4, "127.0.0.1", s.Port(), big4)
+	sendTo(t, c6, "::1", s.Port(), big6)
+	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("small"))
+	got, rh := byPayload(t, s.Packets(), 3), byPayload(t, ring.Packets(), 3)
+	for k, h := range got {
+		checkSameHeader(t, fmt.Sprintf("ipv%d, %d bytes", h.Version, len(k)), h, rh[k])
+	}
+	for _, big := range [][]byte{big4, big6} {
+		if h := got[string(big)]; h.Fragments < 3 {
+			t.Errorf("ipv%d: fragments %d", h.Version, h.Fragments)
+		}
+	}
+	if st := settled(t, s); st.Delivered != 3 || st.Dropped() != 0 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if pairs, same := pairedByTime(s); pairs != 3 || same != pairs {
+		t.Errorf("%d pairs, %d of them on the same receive time", pairs, same)
+	}
+}
+
+// TestKernelModeSysctl follows a rule of the kernel's that the ring's own
+// verdict does not model: strict reverse-path filtering (rp_filter 1)
+// drops a datagram from a source the host has no route back to. Ring mode
+// delivers it; kernel-verdict mode does not, and counts it rejected. With
+// rp_filter off both deliver it.
+func TestKernelModeSysctl(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24")
+	k := openT(t, 0, Payload, WithMode(ModeKernel))
+	ring := openT(t, k.Port(), Payload, WithMonitor())
+	h4 := v4()
+	h4.src = netip.MustParseAddr("198.51.100.7").As4() // no route back
+	h4.dst = netip.MustParseAddr("192.0.2.10").As4()
+	for _, rp := range []string{"0", "1"} {
+		for _, f := range []string{"all", in.ifi.Name} {
+			if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+f+"/rp_filter", []byte(rp), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		payload := []byte("rp_filter " + rp)
+		in.send(t, h4.udp(4000, k.Port(), payload))
+		if p := recvOne(t, ring.Packets(), 2*time.Second); string(p.Value) != string(payload) {
+			t.Fatalf("ring mode: %q %v", p.Value, p.Err)
+		}
+		if rp == "0" {
+			if p := recvOne(t, k.Packets(), 2*time.Second); string(p.Value) != string(payload) {
+				t.Fatalf("kernel mode: %q %v", p.Value, p.Err)
+			}
+			continue
+		}
+		expectNone(t, k.Packets(), 200*time.Millisecond)
+	}
+	if st := settled(t, k); st.Delivered != 1 || st.Rejected != 1 || st.Dropped()-st.NotUDP != 1 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestKernelModeStall stalls the consumer while datagrams pile up in the
+// ring, the held set and the socket: none is taken for refused, and every
+// one is accounted for.
+func TestKernelModeStall(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithChannelCapacity(0))
+	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
+	const sent = 3000
+	for i := range sent {
+		c, addr := c4, "127.0.0.1"
+		if i%2 == 1 {
+			c, addr = c6, "::1"
+		}
+		sendTo(t, c, addr, s.Port(), []byte(fmt.Sprint(i)))
+	}
+	time.Sleep(300 * time.Millisecond) // longer than any wait for a twin
+	seen := map[string]bool{}
+	for len(seen) < sent {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Err != nil || seen[string(p.Value)] {
+			t.Fatalf("%q: %v, seen before %v", p.Value, p.Err, seen[string(p.Value)])
+		}
+		seen[string(p.Value)] = true
+	}
+	st := settled(t, s)
+	if st.Delivered != sent || st.Dropped() != 0 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestKernelModeReplyCancel replies from the exact destination address,
+// spreads flows over a fanout group, and ends the stream by Close and by
+// cancel with nothing left behind.
+func TestKernelModeReplyCancel(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "addr", "add", "127.0.0.2/8", "dev", "lo")
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithFanout(2), WithChannelCapacity(0))
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.2", s.Port(), []byte("ping"))
+	p := recvOne(t, s.Packets(), 2*time.Second)
+	if err := p.ReplyWith([]byte("pong"), SendOptions{TTL: Value(9)}); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 16)
+	c.SetReadDeadline(time.Now().Add(2 * time.Second))
+	n, from, err := c.ReadFromUDPAddrPort(buf)
+	if err != nil || string(buf[:n]) != "pong" || from != netip.AddrPortFrom(netip.MustParseAddr("127.0.0.2"), s.Port()) {
+		t.Fatalf("reply %q from %v: %v", buf[:n], from, err)
+	}
+	c6 := udpSender(t, "udp6", 64, 0)
+	sendTo(t, c6, "::1", s.Port(), []byte("ping6"))
+	p6 := recvOne(t, s.Packets(), 2*time.Second)
+	if err := p6.Reply([]byte("pong6")); err != nil {
+		t.Fatal(err)
+	}
+	c6.SetReadDeadline(time.Now().Add(2 * time.Second))
+	if n, from, err := c6.ReadFromUDPAddrPort(buf); err != nil || string(buf[:n]) != "pong6" || from.Port() != s.Port() {
+		t.Fatalf("reply %q from %v: %v", buf[:n], from, err)
+	}
+
+	// Flows spread over the group, each datagram delivered once.
+	const flows = 32
+	for range flows {
+		sendTo(t, udpSender(t, "udp4", 64, 0), "127.0.0.1", s.Port(), []byte("x"))
+	}
+	seen := map[netip.AddrPort]bool{}
+	for range flows {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if seen[p.Header.Src] {
+			t.Fatalf("%v delivered twice", p.Header.Src)
+		}
+		seen[p.Header.Src] = true
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+
+	// Busy at the end: what the stream held is counted.
+	for range 100 {
+		sendTo(t, c, "127.0.0.1", s.Port(), []byte("late"))
+	}
+	recvOne(t, s.Packets(), 2*time.Second)
+	s.Close()
+	for range s.Packets() {
+	}
+	st := s.Stats()
+	if got := st.Delivered + st.Dropped(); got != flows+2+100 || st.Pending != 0 || st.SocketOnly != 0 {
+		t.Errorf("accounting: delivered %d + dropped %d = %d, want %d: %+v", st.Delivered, st.Dropped(), got, flows+2+100, st)
+	}
+	if err := p.Reply([]byte("late")); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("reply after close: %v, want net.ErrClosed", err)
+	}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	s2, err := Open(ctx, 0, Payload, WithMode(ModeKernel), WithNetwork("udp6"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	sendTo(t, c6, "::1", s2.Port(), []byte("x"))
+	cancel()
+	<-s2.Done()
+	if s2.Err() != nil {
+		t.Errorf("err after cancel: %v", s2.Err())
+	}
+}
+
+// TestKernelModeOptions refuses the options kernel-verdict mode cannot
+// honour.
+func TestKernelModeOptions(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	for _, o := range []Option{WithMonitor(), WithAnyDestination()} {
+		_, err := Open(context.Background(), 9, Payload, WithMode(ModeKernel), o)
+		if !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "kernel-verdict mode") {
+			t.Errorf("kernel mode with %v: %v", o, err)
+		}
+	}
+}

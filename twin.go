@@ -1,0 +1,490 @@
+package udpstream
+
+import (
+	"context"
+	"encoding/binary"
+	"hash/maphash"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Kernel-verdict mode pairs each datagram the ring yields with its twin:
+// the same datagram as the kernel delivered it to the stream's UDP socket.
+// A twin is known by its addresses, ports and payload length, a hash of the
+// payload's first bytes, and the kernel's receive time, which the packet
+// socket and the UDP socket both read from the one sk_buff they share (a
+// reassembled datagram has its last fragment's). Datagrams that agree in
+// all but the time are told apart by it; where none has the same time
+// (timestamps can differ for a moment after the stream turns them on) the
+// oldest is taken: the kernel delivers in the order it received.
+
+// twinPrefix is how much of a payload the pairing hashes, and how much of
+// each twin the stream reads from its socket.
+const twinPrefix = 64
+
+// twinKey identifies a datagram for pairing, bar its receive time.
+type twinKey struct {
+	src, dst     [16]byte // IPv4 as IPv4-mapped IPv6
+	sport, dport uint16
+	n            uint16 // payload length
+	hash         uint32 // of the payload's first twinPrefix bytes
+}
+
+// makeTwinKey builds the key of a datagram from its addresses, its payload
+// length and its first bytes.
+func makeTwinKey(seed maphash.Seed, src, dst netip.AddrPort, n int, prefix []byte) twinKey {
+	if len(prefix) > twinPrefix {
+		prefix = prefix[:twinPrefix]
+	}
+	return twinKey{
+		src:   src.Addr().As16(),
+		dst:   dst.Addr().As16(),
+		sport: src.Port(),
+		dport: dst.Port(),
+		n:     uint16(n),
+		hash:  uint32(maphash.Bytes(seed, prefix)),
+	}
+}
+
+// bucket spreads keys over a table of 1<<bits buckets.
+func (k *twinKey) bucket(bits uint) uint32 {
+	h := uint64(k.hash) ^ uint64(k.sport)<<32 ^ uint64(k.dport)<<48 ^
+		binary.LittleEndian.Uint64(k.src[8:]) ^ binary.LittleEndian.Uint64(k.dst[8:])*31
+	h *= 0x9e3779b97f4a7c15
+	return uint32(h >> (64 - bits))
+}
+
+// keyTable is a fixed-capacity multimap from twinKey to int32 references,
+// with its entries also in a list by age. It never allocates after it is
+// made.
+type keyTable struct {
+	bits    uint
+	buckets []int32 // first entry of each chain; -1 for none
+	ents    []tableEntry
+	free    int32 // first free entry; -1 for none
+	n       int
+	seq     uint64
+	oldest  int32 // the age list: oldest and newest entry, -1 for none
+	newest  int32
+}
+
+type tableEntry struct {
+	key   twinKey
+	ts    int64 // kernel receive time, ns since the epoch
+	at    int64 // when the entry was added, on the monotonic clock
+	seq   uint64
+	ref   int32
+	fam   uint8
+	next  int32 // in the bucket's chain
+	older int32 // in the age list
+	newer int32
+}
+
+func newKeyTable(capacity int) keyTable {
+	bits := uint(1)
+	for 1<<bits < 2*capacity {
+		bits++
+	}
+	t := keyTable{
+		bits:    bits,
+		buckets: make([]int32, 1<<bits),
+		ents:    make([]tableEntry, capacity),
+		oldest:  -1,
+		newest:  -1,
+	}
+	for i := range t.buckets {
+		t.buckets[i] = -1
+	}
+	for i := range t.ents {
+		t.ents[i].next = int32(i + 1)
+	}
+	t.ents[len(t.ents)-1].next = -1
+	return t
+}
+
+// full reports whether add would fail.
+func (t *keyTable) full() bool { return t.free < 0 }
+
+// len is the number of entries.
+func (t *keyTable) len() int { return t.n }
+
+// add inserts an entry and returns its index, or -1 when the table is full.
+func (t *keyTable) add(k twinKey, ts, at int64, fam uint8, ref int32) int32 {
+	i := t.free
+	if i < 0 {
+		return -1
+	}
+	e := &t.ents[i]
+	t.free = e.next
+	b := k.bucket(t.bits)
+	t.seq++
+	*e = tableEntry{key: k, ts: ts, at: at, seq: t.seq, ref: ref, fam: fam, next: t.buckets[b], older: t.newest, newer: -1}
+	t.buckets[b] = i
+	if t.newest >= 0 {
+		t.ents[t.newest].newer = i
+	} else {
+		t.oldest = i
+	}
+	t.newest = i
+	t.n++
+	return i
+}
+
+// take removes and returns the oldest entry for k that has receive time
+// ts, or failing that the oldest entry for k.
+func (t *keyTable) take(k twinKey, ts int64) (tableEntry, bool) {
+	best, same := int32(-1), false
+	for i := t.buckets[k.bucket(t.bits)]; i >= 0; i = t.ents[i].next {
+		e := &t.ents[i]
+		if e.key != k || same && e.ts != ts {
+			continue
+		}
+		if best < 0 || e.ts == ts && !same || e.seq < t.ents[best].seq {
+			best, same = i, e.ts == ts
+		}
+	}
+	if best < 0 {
+		return tableEntry{}, false
+	}
+	e := t.ents[best]
+	t.remove(best)
+	return e, true
+}
+
+// entry returns entry i, which must be in the table.
+func (t *keyTable) entry(i int32) *tableEntry { return &t.ents[i] }
+
+// remove deletes entry i, which must be in the table.
+func (t *keyTable) remove(i int32) {
+	e := &t.ents[i]
+	p := &t.buckets[e.key.bucket(t.bits)]
+	for *p != i {
+		p = &t.ents[*p].next
+	}
+	*p = e.next
+	if e.older >= 0 {
+		t.ents[e.older].newer = e.newer
+	} else {
+		t.oldest = e.newer
+	}
+	if e.newer >= 0 {
+		t.ents[e.newer].older = e.older
+	} else {
+		t.newest = e.older
+	}
+	e.next = t.free
+	t.free = i
+	t.n--
+}
+
+// Pairing bounds. A datagram's twin reaches the socket in the same pass of
+// the kernel's receive path that wrote its ring frame, microseconds later:
+// once the socket has been found empty twinGrace after the ring datagram
+// was taken, or has yielded twins received twinLate after it, no twin is
+// coming and the kernel refused it. twinMaxWait bounds the wait whatever
+// the clocks say.
+const (
+	twinGrace   = 5 * time.Millisecond
+	twinLate    = 50 * time.Millisecond
+	twinMaxWait = time.Second
+	twinPoll    = 50 * time.Microsecond // a receive goroutine's wait for twins
+
+	heldMax    = 4096 // ring datagrams a receive goroutine holds for their twins
+	twinsMax   = 4096 // twins held for ring datagrams not yet taken
+	settleHeld = 64   // held datagrams after which a busy goroutine pairs
+)
+
+// twinReader reads the twins waiting on the stream's UDP socket.
+type twinReader interface {
+	// readTwins reads what the socket holds, up to a bound, and passes
+	// each twin to v.twin; it notes in v when it found the socket empty.
+	readTwins(v *verdicts)
+	// drops returns the socket's count of datagrams it dropped.
+	drops() uint64
+}
+
+// verdicts is the pairing state a kernel-verdict stream's receive
+// goroutines share.
+type verdicts struct {
+	mu    sync.Mutex
+	sock  twinReader
+	port  uint16
+	seed  maphash.Seed
+	base  time.Time // of the monotonic clock the entries' times count on
+	held  keyTable  // ring datagrams waiting for their twin; ref: owner<<16 | slot
+	twins keyTable  // twins read before their ring datagram
+
+	owners []*twinOwner
+
+	sockEmptyAt int64  // just before the last read that found the socket empty
+	lastTS      int64  // the latest receive time of a twin read
+	dropsSeen   uint64 // the socket's drop count when last read
+	overflow    uint64 // socket drops not yet set against a datagram without twin
+
+	socketOnly atomic.Uint64 // twins whose ring datagram never came
+	sameTime   atomic.Uint64 // pairs whose receive times agreed
+	pairs      atomic.Uint64
+
+	scratch Header // a twin's, as it is read
+}
+
+// twinOwner is one receive goroutine's part of the pairing state.
+type twinOwner struct {
+	fam     uint8
+	paired  []bool // by held slot: the twin came
+	emptyAt int64  // just before its ring was last found empty
+}
+
+func newVerdicts(sock twinReader, port uint16) *verdicts {
+	return &verdicts{
+		sock:        sock,
+		port:        port,
+		seed:        maphash.MakeSeed(),
+		base:        time.Now(),
+		held:        newKeyTable(heldMax * 2),
+		twins:       newKeyTable(twinsMax),
+		sockEmptyAt: -1,
+	}
+}
+
+// now is the time on the pairing's monotonic clock.
+func (v *verdicts) now() int64 { return int64(time.Since(v.base)) }
+
+// owner adds a receive goroutine of family fam and returns its index.
+func (v *verdicts) owner(fam uint8) int {
+	v.owners = append(v.owners, &twinOwner{fam: fam, paired: make([]bool, heldMax), emptyAt: -1})
+	return len(v.owners) - 1
+}
+
+// twin takes one twin read from the socket at time at: it pairs it with
+// the ring datagram it stands for, or keeps it for one not yet taken.
+// Called with mu held.
+func (v *verdicts) twin(k twinKey, ts, at int64, fam uint8) {
+	v.lastTS = max(v.lastTS, ts)
+	if e, ok := v.held.take(k, ts); ok {
+		v.pair(e.ref, e.ts == ts)
+		return
+	}
+	if v.twins.full() {
+		v.twins.remove(v.twins.oldest)
+		v.socketOnly.Add(1)
+	}
+	v.twins.add(k, ts, at, fam, 0)
+}
+
+func (v *verdicts) pair(ref int32, sameTime bool) {
+	v.owners[ref>>16].paired[ref&0xffff] = true
+	v.pairs.Add(1)
+	if sameTime {
+		v.sameTime.Add(1)
+	}
+}
+
+// sweep counts the twins whose ring datagram cannot come any more: every
+// receive goroutine of its family has found its ring empty since, or it is
+// too old. Called with mu held.
+func (v *verdicts) sweep(now int64) {
+	for v.twins.oldest >= 0 {
+		e := v.twins.entry(v.twins.oldest)
+		if now-e.at < int64(twinMaxWait) {
+			for _, o := range v.owners {
+				if o.fam == e.fam && o.emptyAt <= e.at {
+					return
+				}
+			}
+		}
+		v.twins.remove(v.twins.oldest)
+		v.socketOnly.Add(1)
+	}
+}
+
+// refused reports whether the ring datagram taken at time at, received at
+// ts, has no twin to wait for. Called with mu held.
+func (v *verdicts) refused(at, ts, now int64) bool {
+	return v.sockEmptyAt >= at+int64(twinGrace) ||
+		v.lastTS >= ts+int64(twinLate) ||
+		now-at >= int64(twinMaxWait)
+}
+
+// refusal returns the drop verdict of a ring datagram without twin: the
+// kernel refused it, unless the socket dropped datagrams for want of room
+// that no other datagram without twin accounts for.
+func (v *verdicts) refusal() verdict {
+	if v.overflow == 0 {
+		if d := v.sock.drops(); d > v.dropsSeen {
+			v.overflow += d - v.dropsSeen
+			v.dropsSeen = d
+		}
+	}
+	if v.overflow > 0 {
+		v.overflow--
+		return dropKernel
+	}
+	return dropRejected
+}
+
+// heldPacket is a ring datagram decoded and waiting for its twin.
+type heldPacket[T any] struct {
+	pkt     Packet[T]
+	counted *atomic.Uint64 // as in handler.counted
+	at, ts  int64
+	entry   int32 // in verdicts.held; -1 once paired
+	live    bool
+}
+
+// kernelVerdict is a receive goroutine's part of kernel-verdict mode: the
+// datagrams it holds, in ring order.
+type kernelVerdict[T any] struct {
+	v     *verdicts
+	id    int
+	own   *twinOwner
+	slots []heldPacket[T]
+	head  int
+	count int // slots from head, live or not
+}
+
+func newKernelVerdict[T any](v *verdicts, fam uint8) *kernelVerdict[T] {
+	id := v.owner(fam)
+	return &kernelVerdict[T]{v: v, id: id, own: v.owners[id], slots: make([]heldPacket[T], heldMax)}
+}
+
+// hold takes the Packet just decoded, the next of the batch, out of the
+// batch until its twin comes. payload is the datagram's payload.
+func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
+	kv := h.kv
+	pkt, counted := &h.batch[h.n], h.counted[h.n]
+	k := makeTwinKey(kv.v.seed, pkt.Header.Src, pkt.Header.Dst, len(payload), payload)
+	ts := pkt.Header.Time.UnixNano()
+	if kv.count == len(kv.slots) {
+		// Full: make room, which may use the batch.
+		p := *pkt
+		*pkt = Packet[T]{}
+		for kv.count == len(kv.slots) {
+			err := h.settle(ctx, -1)
+			if err == nil && kv.count == len(kv.slots) {
+				time.Sleep(twinPoll)
+				err = ctx.Err()
+			}
+			if err != nil {
+				h.counts.pending.Add(^uint64(0))
+				h.counts.abandoned.Add(1)
+				return err
+			}
+		}
+		h.batch[h.n] = p
+		pkt = &h.batch[h.n]
+	}
+	i := (kv.head + kv.count) % len(kv.slots)
+	kv.count++
+	s := &kv.slots[i]
+	s.pkt, s.counted, s.ts, s.live = *pkt, counted, ts, true
+	*pkt = Packet[T]{}
+	v := kv.v
+	s.at = v.now()
+	v.mu.Lock()
+	if e, ok := v.twins.take(k, ts); ok {
+		s.entry = -1
+		v.pair(int32(kv.id<<16|i), e.ts == ts)
+	} else {
+		s.entry = v.held.add(k, ts, s.at, h.fam, int32(kv.id<<16|i))
+	}
+	v.mu.Unlock()
+	if kv.count%settleHeld == 0 {
+		return h.settle(ctx, -1)
+	}
+	return nil
+}
+
+// settle reads the twins waiting on the socket, then moves the held
+// datagrams whose twin came to the batch, in ring order, and drops those
+// the kernel refused. ringEmptyAt, unless -1, is a time just before which
+// the goroutine found its ring empty. It hands the batch over whenever it
+// fills, and returns an error only when ctx is done.
+func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
+	kv := h.kv
+	v := kv.v
+	for {
+		v.mu.Lock()
+		if ringEmptyAt >= 0 {
+			kv.own.emptyAt = ringEmptyAt
+		}
+		v.sock.readTwins(v)
+		now := v.now()
+		v.sweep(now)
+		more := h.collect(now)
+		v.mu.Unlock()
+		if !more && h.n < len(h.batch) {
+			return nil
+		}
+		if err := h.flush(ctx); err != nil {
+			return err
+		}
+	}
+}
+
+// collect moves paired datagrams to the batch and drops refused ones; it
+// reports whether it stopped for want of room in the batch. Called with
+// mu held.
+func (h *handler[T]) collect(now int64) (more bool) {
+	kv := h.kv
+	v := kv.v
+	for j := 0; j < kv.count; j++ {
+		i := (kv.head + j) % len(kv.slots)
+		s := &kv.slots[i]
+		if !s.live {
+			continue
+		}
+		switch {
+		case kv.own.paired[i]:
+			if h.n == len(h.batch) {
+				more = true
+				break
+			}
+			h.batch[h.n], h.counted[h.n] = s.pkt, s.counted
+			h.n++
+			kv.own.paired[i] = false
+		case v.refused(s.at, s.ts, now):
+			v.held.remove(s.entry)
+			h.counts.pending.Add(^uint64(0))
+			h.counts.drops[v.refusal()].Add(1)
+		default:
+			continue
+		}
+		if more {
+			break
+		}
+		*s = heldPacket[T]{}
+	}
+	for kv.count > 0 && !kv.slots[kv.head].live {
+		kv.head = (kv.head + 1) % len(kv.slots)
+		kv.count--
+	}
+	return more
+}
+
+// abandonHeld counts what the goroutine still holds as abandoned: the
+// stream has ended.
+func (h *handler[T]) abandonHeld() {
+	kv := h.kv
+	v := kv.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	for j := 0; j < kv.count; j++ {
+		i := (kv.head + j) % len(kv.slots)
+		s := &kv.slots[i]
+		if !s.live {
+			continue
+		}
+		if kv.own.paired[i] {
+			kv.own.paired[i] = false
+		} else {
+			v.held.remove(s.entry)
+		}
+		h.counts.pending.Add(^uint64(0))
+		h.counts.abandoned.Add(1)
+		*s = heldPacket[T]{}
+	}
+	kv.head, kv.count = 0, 0
+}
