@@ -131,7 +131,6 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 		if err != nil {
 			return nil, err
 		}
-		s.verdict = newVerdicts(s.twin, s.port)
 	case !cfg.monitor:
 		s.reserve, s.port, err = reservePort(cfg.network, port, ifName, false, false)
 		if err != nil {
@@ -146,6 +145,7 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 		rules.fragTime4, rules.fragTime6 = cfg.reasmTimeout, cfg.reasmTimeout
 	}
 	ringBytes := max(cfg.bufferSize/cfg.fanout, minBufferSize)
+	frames := 0
 	for _, fam := range cfg.families() {
 		group := noFanout
 		if cfg.fanout > 1 {
@@ -160,8 +160,12 @@ func openSystem(cfg *config, port uint16) (_ *system, err error) {
 			}
 			ps.rules = rules
 			s.sources = append(s.sources, ps)
+			frames += ps.frames
 			group = id
 		}
+	}
+	if s.twin != nil {
+		s.verdict = newVerdicts(s.twin, s.port, len(s.sources), frames)
 	}
 	return s, s.watch(cfg, ifIndex)
 }
@@ -276,7 +280,8 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
 	defer drain(ps, h)
 	var m frameMeta
-	batch := 0 // frames since the ring was last found empty
+	batch := 0         // frames since the ring was last found empty
+	rechecked := false // kernel-verdict mode: the ring looked at again for twins read
 	for {
 		pkt, tooLong, losing, ok := ps.peek(&m)
 		if !ok && h.kv != nil {
@@ -299,7 +304,14 @@ func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) er
 				}
 				continue
 			}
+			if h.n == 0 && !rechecked && h.twinsWaiting() {
+				// Twins read in that pass are judged against an empty
+				// ring found after them: look once more before waiting.
+				rechecked = true
+				continue
+			}
 		}
+		rechecked = false
 		if !ok {
 			if h.n > 0 {
 				// Hand the batch over before sleeping or waiting, and

@@ -15,10 +15,13 @@ import (
 // A twin is known by its addresses, ports and payload length, a hash of the
 // payload's first bytes, and the kernel's receive time, which the packet
 // socket and the UDP socket both read from the one sk_buff they share (a
-// reassembled datagram has its last fragment's). Datagrams that agree in
-// all but the time are told apart by it; where none has the same time
-// (timestamps can differ for a moment after the stream turns them on) the
-// oldest is taken: the kernel delivers in the order it received.
+// reassembled datagram has its last fragment's, for both). Datagrams alike
+// in all of that, such as the identical segments of one UDP GSO
+// super-packet, pair in the order they came, which is the kernel's for
+// both. The receive time is the kernel's only once timestamps are on,
+// which the stream's socket asks for before its packet sockets open; a
+// datagram that arrived before would not pair, and would count as
+// rejected, its twin in Stats.SocketOnly.
 
 // twinPrefix is how much of a payload the pairing hashes, and how much of
 // each twin the stream reads from its socket.
@@ -48,15 +51,17 @@ func makeTwinKey(seed maphash.Seed, src, dst netip.AddrPort, n int, prefix []byt
 	}
 }
 
-// bucket spreads keys over a table of 1<<bits buckets.
-func (k *twinKey) bucket(bits uint) uint32 {
-	h := uint64(k.hash) ^ uint64(k.sport)<<32 ^ uint64(k.dport)<<48 ^
+// bucket spreads keys with receive time ts over a table of 1<<bits
+// buckets. The time spreads a run of datagrams alike in all but it.
+func (k *twinKey) bucket(ts int64, bits uint) uint32 {
+	h := uint64(k.hash) ^ uint64(k.sport)<<32 ^ uint64(k.dport)<<48 ^ uint64(ts)*0xff51afd7ed558ccd ^
 		binary.LittleEndian.Uint64(k.src[8:]) ^ binary.LittleEndian.Uint64(k.dst[8:])*31
 	h *= 0x9e3779b97f4a7c15
 	return uint32(h >> (64 - bits))
 }
 
-// keyTable is a fixed-capacity multimap from twinKey to int32 references,
+// keyTable is a fixed-capacity multimap from a twinKey and a receive time
+// to int32 references,
 // with its entries also in a list by age. It never allocates after it is
 // made.
 type keyTable struct {
@@ -74,6 +79,7 @@ type tableEntry struct {
 	key   twinKey
 	ts    int64 // kernel receive time, ns since the epoch
 	at    int64 // when the entry was added, on the monotonic clock
+	wall  int64 // the same, ns since the epoch
 	seq   uint64
 	ref   int32
 	fam   uint8
@@ -111,16 +117,16 @@ func (t *keyTable) full() bool { return t.free < 0 }
 func (t *keyTable) len() int { return t.n }
 
 // add inserts an entry and returns its index, or -1 when the table is full.
-func (t *keyTable) add(k twinKey, ts, at int64, fam uint8, ref int32) int32 {
+func (t *keyTable) add(k twinKey, ts, at, wall int64, fam uint8, ref int32) int32 {
 	i := t.free
 	if i < 0 {
 		return -1
 	}
 	e := &t.ents[i]
 	t.free = e.next
-	b := k.bucket(t.bits)
+	b := k.bucket(ts, t.bits)
 	t.seq++
-	*e = tableEntry{key: k, ts: ts, at: at, seq: t.seq, ref: ref, fam: fam, next: t.buckets[b], older: t.newest, newer: -1}
+	*e = tableEntry{key: k, ts: ts, at: at, wall: wall, seq: t.seq, ref: ref, fam: fam, next: t.buckets[b], older: t.newest, newer: -1}
 	t.buckets[b] = i
 	if t.newest >= 0 {
 		t.ents[t.newest].newer = i
@@ -132,17 +138,13 @@ func (t *keyTable) add(k twinKey, ts, at int64, fam uint8, ref int32) int32 {
 	return i
 }
 
-// take removes and returns the oldest entry for k that has receive time
-// ts, or failing that the oldest entry for k.
+// take removes and returns the oldest entry for k with receive time ts.
 func (t *keyTable) take(k twinKey, ts int64) (tableEntry, bool) {
-	best, same := int32(-1), false
-	for i := t.buckets[k.bucket(t.bits)]; i >= 0; i = t.ents[i].next {
+	best := int32(-1)
+	for i := t.buckets[k.bucket(ts, t.bits)]; i >= 0; i = t.ents[i].next {
 		e := &t.ents[i]
-		if e.key != k || same && e.ts != ts {
-			continue
-		}
-		if best < 0 || e.ts == ts && !same || e.seq < t.ents[best].seq {
-			best, same = i, e.ts == ts
+		if e.key == k && e.ts == ts && (best < 0 || e.seq < t.ents[best].seq) {
+			best = i
 		}
 	}
 	if best < 0 {
@@ -159,7 +161,7 @@ func (t *keyTable) entry(i int32) *tableEntry { return &t.ents[i] }
 // remove deletes entry i, which must be in the table.
 func (t *keyTable) remove(i int32) {
 	e := &t.ents[i]
-	p := &t.buckets[e.key.bucket(t.bits)]
+	p := &t.buckets[e.key.bucket(e.ts, t.bits)]
 	for *p != i {
 		p = &t.ents[*p].next
 	}
@@ -179,27 +181,40 @@ func (t *keyTable) remove(i int32) {
 	t.n--
 }
 
-// Pairing bounds. A datagram's twin reaches the socket in the same pass of
-// the kernel's receive path that wrote its ring frame, microseconds later:
-// once the socket has been found empty twinGrace after the ring datagram
-// was taken, or has yielded twins received twinLate after it, no twin is
-// coming and the kernel refused it. twinMaxWait bounds the wait whatever
-// the clocks say.
+// When a twin cannot come any more. A datagram's twin reaches the socket
+// in the same pass of the kernel's receive path that writes its ring
+// frame; the ring hands frames over in the order it reserved them, so a
+// frame can become visible a little after its twin, and under load the
+// gap between the two has been seen to reach a few hundred microseconds.
+// twinGrace is far more. Once the ring datagram has been taken, its twin
+// is then on the socket, or will be within twinGrace, unless the kernel
+// refused it. So the datagram is refused
+//
+//   - when a read that began twinGrace after it was taken found the socket
+//     empty, or
+//   - when a datagram later in the same ring paired, and a whole read of
+//     the socket began twinGrace after that: the twin of the earlier one
+//     was queued before that of the later one, give or take that gap, and
+//     every read takes the socket's oldest first.
+//
+// Neither rule depends on the order of the kernel's receive times, which
+// datagrams queued on two CPUs' backlogs do not keep.
 const (
-	twinGrace   = 5 * time.Millisecond
-	twinLate    = 50 * time.Millisecond
-	twinMaxWait = time.Second
-	twinPoll    = 50 * time.Microsecond // a receive goroutine's wait for twins
+	twinGrace = 10 * time.Millisecond
+	twinPoll  = 50 * time.Microsecond // a receive goroutine's wait for twins
+
+	twinLate = 200 * time.Millisecond
 
 	heldMax    = 4096 // ring datagrams a receive goroutine holds for their twins
-	twinsMax   = 4096 // twins held for ring datagrams not yet taken
 	settleHeld = 64   // held datagrams after which a busy goroutine pairs
+
 )
 
 // twinReader reads the twins waiting on the stream's UDP socket.
 type twinReader interface {
 	// readTwins reads what the socket holds, up to a bound, and passes
-	// each twin to v.twin; it notes in v when it found the socket empty.
+	// each twin to v.twin; it notes in v when it found the socket empty
+	// and when the read began.
 	readTwins(v *verdicts)
 	// drops returns the socket's count of datagrams it dropped.
 	drops() uint64
@@ -218,13 +233,12 @@ type verdicts struct {
 
 	owners []*twinOwner
 
-	sockEmptyAt int64  // just before the last read that found the socket empty
-	lastTS      int64  // the latest receive time of a twin read
+	sockEmptyAt int64  // when the last read that found the socket empty began
+	readAt      int64  // when the last whole read began
 	dropsSeen   uint64 // the socket's drop count when last read
 	overflow    uint64 // socket drops not yet set against a datagram without twin
 
 	socketOnly atomic.Uint64 // twins whose ring datagram never came
-	sameTime   atomic.Uint64 // pairs whose receive times agreed
 	pairs      atomic.Uint64
 
 	scratch Header // a twin's, as it is read
@@ -233,19 +247,39 @@ type verdicts struct {
 // twinOwner is one receive goroutine's part of the pairing state.
 type twinOwner struct {
 	fam     uint8
-	paired  []bool // by held slot: the twin came
-	emptyAt int64  // just before its ring was last found empty
+	paired  []bool   // by held slot: the twin came
+	seqs    []uint64 // by held slot: its place in the ring's order
+	emptyAt int64    // just before its ring was last found empty
+	lastTS  int64    // the latest receive time of a datagram it took
+
+	// Pairings that are evidence for the datagrams before them in the
+	// ring (see twinGrace): each is later in the ring, and paired later,
+	// than the one before it. A ring of heldMax.
+	marks       []pairMark
+	mark, nmark int
 }
 
-func newVerdicts(sock twinReader, port uint16) *verdicts {
+// pairMark records that the held datagram seq of an owner paired at a
+// time.
+type pairMark struct {
+	seq uint64
+	at  int64
+}
+
+// newVerdicts makes the pairing state of owners receive goroutines whose
+// rings hold ringFrames frames in all. A twin waits for its ring datagram
+// only while that is in a ring, not yet taken: room for as many twins as
+// the rings hold frames is room enough.
+func newVerdicts(sock twinReader, port uint16, owners, ringFrames int) *verdicts {
 	return &verdicts{
 		sock:        sock,
 		port:        port,
 		seed:        maphash.MakeSeed(),
 		base:        time.Now(),
-		held:        newKeyTable(heldMax * 2),
-		twins:       newKeyTable(twinsMax),
+		held:        newKeyTable(owners * heldMax),
+		twins:       newKeyTable(ringFrames + owners*handoffBatch),
 		sockEmptyAt: -1,
+		readAt:      -1,
 	}
 }
 
@@ -254,45 +288,64 @@ func (v *verdicts) now() int64 { return int64(time.Since(v.base)) }
 
 // owner adds a receive goroutine of family fam and returns its index.
 func (v *verdicts) owner(fam uint8) int {
-	v.owners = append(v.owners, &twinOwner{fam: fam, paired: make([]bool, heldMax), emptyAt: -1})
+	v.owners = append(v.owners, &twinOwner{
+		fam:     fam,
+		paired:  make([]bool, heldMax),
+		seqs:    make([]uint64, heldMax),
+		marks:   make([]pairMark, heldMax),
+		emptyAt: -1,
+	})
 	return len(v.owners) - 1
 }
 
-// twin takes one twin read from the socket at time at: it pairs it with
-// the ring datagram it stands for, or keeps it for one not yet taken.
-// Called with mu held.
-func (v *verdicts) twin(k twinKey, ts, at int64, fam uint8) {
-	v.lastTS = max(v.lastTS, ts)
+// twin takes one twin read from the socket at time at (wall on the
+// wall clock): it pairs it with the ring datagram it stands for, or keeps
+// it for one not yet taken. Called with mu held.
+func (v *verdicts) twin(k twinKey, ts, at, wall int64, fam uint8) {
 	if e, ok := v.held.take(k, ts); ok {
-		v.pair(e.ref, e.ts == ts)
+		v.pair(e.ref, at)
 		return
 	}
 	if v.twins.full() {
 		v.twins.remove(v.twins.oldest)
 		v.socketOnly.Add(1)
 	}
-	v.twins.add(k, ts, at, fam, 0)
+	v.twins.add(k, ts, at, wall, fam, 0)
 }
 
-func (v *verdicts) pair(ref int32, sameTime bool) {
-	v.owners[ref>>16].paired[ref&0xffff] = true
+// pair marks held datagram ref paired at time at. Called with mu held.
+func (v *verdicts) pair(ref int32, at int64) {
+	o := v.owners[ref>>16]
+	slot := ref & 0xffff
+	o.paired[slot] = true
 	v.pairs.Add(1)
-	if sameTime {
-		v.sameTime.Add(1)
+	seq := o.seqs[slot]
+	if o.nmark > 0 && o.marks[(o.mark+o.nmark-1)%len(o.marks)].seq >= seq {
+		return // an earlier mark says more
 	}
+	if o.nmark == len(o.marks) {
+		o.mark, o.nmark = (o.mark+1)%len(o.marks), o.nmark-1
+	}
+	o.marks[(o.mark+o.nmark)%len(o.marks)] = pairMark{seq, at}
+	o.nmark++
 }
 
-// sweep counts the twins whose ring datagram cannot come any more: every
-// receive goroutine of its family has found its ring empty since, or it is
-// too old. Called with mu held.
-func (v *verdicts) sweep(now int64) {
+// sweep counts the twins whose ring datagram cannot come any more. The
+// datagram reaches its ring within microseconds of its twin reaching the
+// socket, before or after it (twinGrace is far more). So once every
+// receive goroutine of the family has found its ring empty twinGrace after
+// the twin was read, or taken a datagram the kernel received twinGrace
+// after that (and so wrote to the ring after it), or one received twinLate
+// after the twin (longer than any CPU's backlog holds a datagram back),
+// the datagram was taken and dropped, or never reached the ring because it
+// was full. Called with mu held.
+func (v *verdicts) sweep() {
 	for v.twins.oldest >= 0 {
 		e := v.twins.entry(v.twins.oldest)
-		if now-e.at < int64(twinMaxWait) {
-			for _, o := range v.owners {
-				if o.fam == e.fam && o.emptyAt <= e.at {
-					return
-				}
+		for _, o := range v.owners {
+			if o.fam == e.fam && o.emptyAt < e.at+int64(twinGrace) &&
+				o.lastTS < e.wall+int64(twinGrace) && o.lastTS < e.ts+int64(twinLate) {
+				return
 			}
 		}
 		v.twins.remove(v.twins.oldest)
@@ -300,12 +353,29 @@ func (v *verdicts) sweep(now int64) {
 	}
 }
 
-// refused reports whether the ring datagram taken at time at, received at
-// ts, has no twin to wait for. Called with mu held.
-func (v *verdicts) refused(at, ts, now int64) bool {
-	return v.sockEmptyAt >= at+int64(twinGrace) ||
-		v.lastTS >= ts+int64(twinLate) ||
-		now-at >= int64(twinMaxWait)
+// waiting reports whether twins of family fam wait for their ring
+// datagram. Called with mu held.
+func (v *verdicts) waiting(fam uint8) bool {
+	for i := v.twins.oldest; i >= 0; i = v.twins.entry(i).newer {
+		if v.twins.entry(i).fam == fam {
+			return true
+		}
+	}
+	return false
+}
+
+// refused reports whether owner o's held datagram seq, taken at time at,
+// has no twin to wait for (see twinGrace). Marks before it are dropped
+// as they are passed: the datagrams are asked about in ring order. Called
+// with mu held.
+func (v *verdicts) refused(o *twinOwner, seq uint64, at int64) bool {
+	if v.sockEmptyAt >= at+int64(twinGrace) {
+		return true
+	}
+	for o.nmark > 0 && o.marks[o.mark].seq <= seq {
+		o.mark, o.nmark = (o.mark+1)%len(o.marks), o.nmark-1
+	}
+	return o.nmark > 0 && v.readAt >= o.marks[o.mark].at+int64(twinGrace)
 }
 
 // refusal returns the drop verdict of a ring datagram without twin: the
@@ -330,7 +400,8 @@ type heldPacket[T any] struct {
 	pkt     Packet[T]
 	counted *atomic.Uint64 // as in handler.counted
 	at, ts  int64
-	entry   int32 // in verdicts.held; -1 once paired
+	seq     uint64 // its place in the ring's order
+	entry   int32  // in verdicts.held; -1 once paired
 	live    bool
 }
 
@@ -342,7 +413,8 @@ type kernelVerdict[T any] struct {
 	own   *twinOwner
 	slots []heldPacket[T]
 	head  int
-	count int // slots from head, live or not
+	count int    // slots from head, live or not
+	seq   uint64 // of the last datagram held
 }
 
 func newKernelVerdict[T any](v *verdicts, fam uint8) *kernelVerdict[T] {
@@ -378,17 +450,20 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 	}
 	i := (kv.head + kv.count) % len(kv.slots)
 	kv.count++
+	kv.seq++
 	s := &kv.slots[i]
-	s.pkt, s.counted, s.ts, s.live = *pkt, counted, ts, true
+	s.pkt, s.counted, s.ts, s.seq, s.live = *pkt, counted, ts, kv.seq, true
 	*pkt = Packet[T]{}
 	v := kv.v
 	s.at = v.now()
 	v.mu.Lock()
-	if e, ok := v.twins.take(k, ts); ok {
+	kv.own.lastTS = max(kv.own.lastTS, ts)
+	kv.own.seqs[i] = kv.seq
+	if _, ok := v.twins.take(k, ts); ok {
 		s.entry = -1
-		v.pair(int32(kv.id<<16|i), e.ts == ts)
+		v.pair(int32(kv.id<<16|i), s.at)
 	} else {
-		s.entry = v.held.add(k, ts, s.at, h.fam, int32(kv.id<<16|i))
+		s.entry = v.held.add(k, ts, s.at, 0, h.fam, int32(kv.id<<16|i))
 	}
 	v.mu.Unlock()
 	if kv.count%settleHeld == 0 {
@@ -411,9 +486,8 @@ func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
 			kv.own.emptyAt = ringEmptyAt
 		}
 		v.sock.readTwins(v)
-		now := v.now()
-		v.sweep(now)
-		more := h.collect(now)
+		v.sweep()
+		more := h.collect()
 		v.mu.Unlock()
 		if !more && h.n < len(h.batch) {
 			return nil
@@ -427,7 +501,7 @@ func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
 // collect moves paired datagrams to the batch and drops refused ones; it
 // reports whether it stopped for want of room in the batch. Called with
 // mu held.
-func (h *handler[T]) collect(now int64) (more bool) {
+func (h *handler[T]) collect() (more bool) {
 	kv := h.kv
 	v := kv.v
 	for j := 0; j < kv.count; j++ {
@@ -445,7 +519,7 @@ func (h *handler[T]) collect(now int64) (more bool) {
 			h.batch[h.n], h.counted[h.n] = s.pkt, s.counted
 			h.n++
 			kv.own.paired[i] = false
-		case v.refused(s.at, s.ts, now):
+		case v.refused(kv.own, s.seq, s.at):
 			v.held.remove(s.entry)
 			h.counts.pending.Add(^uint64(0))
 			h.counts.drops[v.refusal()].Add(1)
@@ -462,6 +536,15 @@ func (h *handler[T]) collect(now int64) (more bool) {
 		kv.count--
 	}
 	return more
+}
+
+// twinsWaiting reports whether twins of the goroutine's family wait for
+// their ring datagram.
+func (h *handler[T]) twinsWaiting() bool {
+	v := h.kv.v
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.waiting(h.fam)
 }
 
 // abandonHeld counts what the goroutine still holds as abandoned: the

@@ -2,6 +2,7 @@ package udpstream
 
 import (
 	"os"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -72,25 +73,35 @@ func openTwinSocket(cfg *config, port uint16, ifName string) (*udpSocket, uint16
 	return us, p, nil
 }
 
-// readTwins reads the twins the socket holds. A read that comes back with
-// fewer than it asked for found the socket empty before it returned.
+// readTwins reads the twins the socket holds while ring datagrams wait
+// for theirs: the socket's queue, not the pairing's table, holds the twins
+// of datagrams still in a ring. A read that comes back with fewer than it
+// asked for found the socket empty before it returned.
 func (us *udpSocket) readTwins(v *verdicts) {
+	if v.held.len() == 0 {
+		return
+	}
+	began := v.now()
+	defer func() { v.readAt = began }()
 	for range twinReads {
 		before := v.now()
 		us.block = false
 		if us.rc.Control(us.controlFn) != nil || us.err != nil {
 			return // closed: the stream is ending
 		}
-		at := v.now()
+		at, wall := v.now(), time.Now().UnixNano()
 		for i := range us.n {
 			n := int(us.hdrs[i].Len) // the whole payload's: MSG_TRUNC
 			us.header(&v.scratch, i, v.port, n)
 			prefix := us.bufs[i*us.slot : i*us.slot+min(n, us.slot)]
 			k := makeTwinKey(v.seed, v.scratch.Src, v.scratch.Dst, n, prefix)
-			v.twin(k, v.scratch.Time.UnixNano(), at, v.scratch.Version)
+			v.twin(k, v.scratch.Time.UnixNano(), at, wall, v.scratch.Version)
 		}
 		if us.n < socketBatch {
 			v.sockEmptyAt = before
+			return
+		}
+		if v.held.len() == 0 {
 			return
 		}
 	}

@@ -32,6 +32,9 @@
 //   - udpstream-socket: udpstream with WithMode(ModeSocket): no packet
 //     socket; the port's UDP socket read with recvmmsg and control messages
 //     for TTL / hop limit, TOS, destination, interface and time.
+//   - udpstream-kernel: udpstream with WithMode(ModeKernel): the ring's
+//     datagrams, each delivered once its twin, read from the port's UDP
+//     socket, shows the kernel delivered it too.
 //   - udpstream-fanout2: udpstream with WithFanout(2): two packet sockets
 //     per family in a fanout group, each with its own receive goroutine.
 //

@@ -29,9 +29,10 @@ const (
 	recvUDPStreamCopy = "udpstream-copy"
 	recvUDPStreamFan  = "udpstream-fanout2"
 	recvUDPStreamSock = "udpstream-socket"
+	recvUDPStreamKern = "udpstream-kernel"
 )
 
-var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock}
+var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
 
 // recvConfig is what a receiver is told about the traffic it waits for.
 // Every receiver listens on both families.
@@ -50,6 +51,7 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvUDPStreamCopy: openUDPStreamCopy,
 	recvUDPStreamFan:  openUDPStreamFanout,
 	recvUDPStreamSock: openUDPStreamSocket,
+	recvUDPStreamKern: openUDPStreamKernel,
 }
 
 // session is one receiver at work.

@@ -32,6 +32,12 @@ func openUDPStreamSocket(c recvConfig, m *meter) (*session, error) {
 	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v }, udpstream.WithMode(udpstream.ModeSocket))
 }
 
+// openUDPStreamKernel is openUDPStream in kernel-verdict mode: the ring's
+// datagrams, each delivered once its twin reaches the port's UDP socket.
+func openUDPStreamKernel(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, touchDecoder, func(v uint16) uint16 { return v }, udpstream.WithMode(udpstream.ModeKernel))
+}
+
 // openUDPStreamCopy is udpstream with default options and the built-in
 // Payload decoder, which copies each payload into a new slice.
 func openUDPStreamCopy(c recvConfig, m *meter) (*session, error) {
@@ -65,6 +71,8 @@ func openStream[T any](c recvConfig, m *meter, dec udpstream.Decoder[T], touched
 				"stream_delivered": st.Delivered,
 				"stream_dropped":   st.Dropped(),
 				"kernel_drops":     st.KernelDrops,
+				"rejected":         st.Rejected,
+				"socket_only":      st.SocketOnly,
 			}
 		},
 	}, nil
