@@ -57,7 +57,9 @@
 // port normally share a path and a TTL, and spoofed ones rarely match it.
 // The drop counters are at the bottom. It draws on the alternate screen
 // with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
-// is as it was, with the summary below what was there.
+// is as it was, with the summary below what was there; a second Ctrl-C,
+// which ends it at once without the summary, gives the terminal back
+// first.
 //
 // -join GROUP joins a multicast group, IPv4 or IPv6, on the interface of
 // -i or on every interface that is up (and those that come up later), for
@@ -106,7 +108,8 @@ func main() {
 	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal has asked for a clean end, a second one ends
-	// the program at once, as the user expects of a second Ctrl-C.
+	// the program at once, as the user expects of a second Ctrl-C (-top
+	// holds the signals while it is on the screen, to leave it first).
 	context.AfterFunc(ctx, stop)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
