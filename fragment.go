@@ -219,11 +219,11 @@ const maxFreeSources = 64
 // is dropped after cfg.timeout, and used+idle never exceeds cfg.maxBytes.
 // It is safe for concurrent use; fragments are rare, so one mutex guards it.
 //
-// Memory outside maxBytes: datagrams handed out by add until they are
-// released; up to maxFreeSources spare source records; the free lists'
-// slice headers; and the tables of the two maps, which keep the size of
-// their largest population (at most maxBytes/datagramOverhead entries,
-// each charged while in use).
+// Memory outside maxBytes: datagrams handed out by add, and the fragments
+// kept with them, until they are released; up to maxFreeSources spare
+// source records; the free lists' slice headers; and the tables of the
+// two maps, which keep the size of their largest population (at most
+// maxBytes/datagramOverhead entries, each charged while in use).
 type reassembler struct {
 	mu  sync.Mutex
 	cfg reassemblyConfig
@@ -316,7 +316,7 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 		return nil, 0, dropMalformedFragment
 	}
 	keep := r.cfg.keepFragments
-	if keep && bufClass(len(f.arrival.ip)) < 0 {
+	if keep && (len(f.arrival.ip) == 0 || bufClass(len(f.arrival.ip)) < 0) {
 		return nil, 0, dropMalformedFragment // the caller's bug: no packet to keep
 	}
 	off, end := f.offset, f.offset+len(f.data)

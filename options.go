@@ -249,7 +249,8 @@ func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource in
 // The copies count against the reassembly memory of WithReassembly, where
 // a datagram in reassembly then takes two to three times its size: a
 // stream that keeps fragments holds fewer datagrams in reassembly at
-// once. Without it no fragment is kept and Datagram.Fragments returns nil.
+// once, and the largest datagram, 64 KiB in 1280-byte fragments, needs
+// about 180 KiB of it. Without it no fragment is kept and Datagram.Fragments returns nil.
 // It needs the ring: it is refused in ModeSocket, where the kernel
 // reassembles and passes on only the datagram, and makes ModeAuto choose
 // ModeRing.
