@@ -90,6 +90,10 @@ type fragInfo struct {
 	// timeout is the namespace's reassembly timeout for the family
 	// (ipfrag_time, ip6frag_time); 0 for the reassembler's own.
 	timeout time.Duration
+	// arrival is the whole fragment as received, with its receive time
+	// and interface, for a reassembler that keeps fragments: the caller
+	// sets it, classify leaves it zero.
+	arrival keptFragment
 }
 
 // classify parses one frame as an AF_PACKET datagram socket delivers it: it

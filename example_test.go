@@ -222,3 +222,33 @@ func ExampleWithJoin() {
 		}
 	}
 }
+
+// Seeing the fragments a datagram arrived in, as they came: each one's
+// TTL and arrival time, which may differ where fragments took different
+// paths. The views are valid only during the decoder call.
+func ExampleWithFragments() {
+	type arrival struct {
+		ttl uint8
+		at  time.Time
+	}
+	fragments := func(d *udpstream.Datagram) ([]arrival, error) {
+		var a []arrival
+		for _, f := range d.Fragments() {
+			ttl := f.IP[8] // IPv4 TTL
+			if f.IP[0]>>4 == 6 {
+				ttl = f.IP[7] // IPv6 hop limit
+			}
+			a = append(a, arrival{ttl, f.Time})
+		}
+		return a, nil
+	}
+	pkts, err := udpstream.Listen(context.Background(), 4789, fragments, udpstream.WithFragments())
+	if err != nil {
+		log.Fatal(err)
+	}
+	for p := range pkts {
+		for i, a := range p.Value {
+			fmt.Printf("%v: fragment %d of %d, ttl %d, at %v\n", p.Header.Src, i+1, p.Header.Fragments, a.ttl, a.at)
+		}
+	}
+}

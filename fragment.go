@@ -57,6 +57,11 @@ type reassemblyConfig struct {
 	// close together still completes unless maxBytes of flood arrives
 	// between its first and last fragment.
 	maxSourceBytes int
+
+	// keepFragments keeps a copy of each fragment as received with its
+	// datagram, charged to the caps like the rest, for add to hand out
+	// with the datagram it completes.
+	keepFragments bool
 }
 
 // Limits of a reassembled datagram. The largest IPv4 datagram is 65535
@@ -130,6 +135,16 @@ type fragKey struct {
 	version  uint8
 }
 
+// keptFragment is one fragment as it was received, kept with its
+// datagram when the reassembler keeps fragments.
+type keptFragment struct {
+	ip        []byte // the fragment from its IP header on, in a pooled buffer
+	sec, nsec uint32 // the kernel's receive time
+	ifIndex   int    // the interface it arrived on
+}
+
+const keptSize = int(unsafe.Sizeof(keptFragment{}))
+
 // fragRange is the data one fragment brought, [off, end) in bytes of the
 // fragmentable part. Both fit 16 bits: no datagram reaches 64 KiB of data.
 type fragRange struct{ off, end uint16 }
@@ -160,13 +175,14 @@ type datagram struct {
 	headLen    int    // output header bytes; 0 until the first fragment
 	nextHeader uint8  // the first fragment's Next Header (IPv6)
 
-	ranges   []fragRange // disjoint, by offset
-	extent   int         // highest data end so far
-	end      int         // data length, from the last fragment; -1 until then
-	received int         // data bytes held: the sum of ranges
+	ranges   []fragRange    // disjoint, by offset
+	kept     []keptFragment // with keepFragments: in arrival order, one per range
+	extent   int            // highest data end so far
+	end      int            // data length, from the last fragment; -1 until then
+	received int            // data bytes held: the sum of ranges
 
 	dead bool
-	cost int   // bytes charged: datagramOverhead, ranges, chunks, head
+	cost int   // bytes charged: its record (recordSize), chunks, head, kept fragments
 	ecn  uint8 // the ECN codepoints of its fragments, one bit each (1 << codepoint)
 }
 
@@ -203,11 +219,11 @@ const maxFreeSources = 64
 // is dropped after cfg.timeout, and used+idle never exceeds cfg.maxBytes.
 // It is safe for concurrent use; fragments are rare, so one mutex guards it.
 //
-// Memory outside maxBytes: datagrams handed out by add until they are
-// released; up to maxFreeSources spare source records; the free lists'
-// slice headers; and the tables of the two maps, which keep the size of
-// their largest population (at most maxBytes/datagramOverhead entries,
-// each charged while in use).
+// Memory outside maxBytes: datagrams handed out by add, and the fragments
+// kept with them, until they are released; up to maxFreeSources spare
+// source records; the free lists' slice headers; and the tables of the
+// two maps, which keep the size of their largest population (at most
+// maxBytes/datagramOverhead entries, each charged while in use).
 type reassembler struct {
 	mu  sync.Mutex
 	cfg reassemblyConfig
@@ -246,6 +262,11 @@ func newReassembler(cfg reassemblyConfig) *reassembler {
 	}
 	if cfg.maxSourceBytes <= 0 {
 		largest := datagramOverhead + cfg.maxFragments*rangeSize + maxChunks*chunkSize + bufClasses[0]
+		if cfg.keepFragments {
+			// Its fragments again, each in a buffer at most twice its
+			// size, and their records.
+			largest += 2*reasmMaxTotal6 + cfg.maxFragments*(keptSize+bufClasses[0])
+		}
 		cfg.maxSourceBytes = max(cfg.maxBytes/4, largest)
 	}
 	cfg.maxSourceBytes = min(cfg.maxSourceBytes, cfg.maxBytes)
@@ -263,14 +284,19 @@ func newReassembler(cfg reassemblyConfig) *reassembler {
 // in the order they began.
 //
 // When f completes a datagram, add returns it whole, frags is the number
-// of fragments it arrived in and v is deliver. The datagram is a complete
+// of fragments it arrived in and v is deliver. A reassembler that keeps
+// fragments then appends them to *kept, if kept is not nil, in the order
+// they were added, each with f.arrival as it was given (its bytes
+// copied): one per range of data, so that an exact duplicate of a
+// fragment held is not among them. The datagram is a complete
 // IP packet that classify parses as an unfragmented one: for IPv4 the
 // first fragment's header (options included) with MF and the offset
 // cleared, the total length set and the checksum recomputed; for IPv6 the
 // first fragment's header and the extension headers before its Fragment
 // header, the payload length set, and the Fragment header kept as an
 // atomic fragment (offset 0, M clear, same Next Header and
-// Identification). whole is the caller's until it passes it to release.
+// Identification). whole, and the buffers of the fragments appended to
+// *kept, are the caller's until it passes them to release.
 //
 // Otherwise whole is nil and v is fragment when f was absorbed (held, an
 // exact duplicate, or a late piece of a datagram already dropped), or the
@@ -280,7 +306,7 @@ func newReassembler(cfg reassemblyConfig) *reassembler {
 // (over maxFragments, or no room within the memory caps). A datagram is
 // reported through add's verdict at most once; drops of other datagrams
 // that happen inside add (evictions, timeouts) are counted for drops.
-func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now time.Time) (whole []byte, frags int, v verdict) {
+func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now time.Time, kept *[]keptFragment) (whole []byte, frags int, v verdict) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.expireLocked(now)
@@ -288,6 +314,10 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 	maxTotal, minHead := reasmLimits(version)
 	if f == nil || !validFragment(version, f, maxTotal-minHead) {
 		return nil, 0, dropMalformedFragment
+	}
+	keep := r.cfg.keepFragments
+	if keep && (len(f.arrival.ip) == 0 || bufClass(len(f.arrival.ip)) < 0) {
+		return nil, 0, dropMalformedFragment // the caller's bug: no packet to keep
 	}
 	off, end := f.offset, f.offset+len(f.data)
 	k := fragKey{src: src, dst: dst, id: f.id, version: version}
@@ -384,6 +414,11 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 		rangesCap = min(max(2*rangesCap, initialRanges), r.cfg.maxFragments)
 		delta += (rangesCap - cap(d.ranges)) * rangeSize
 	}
+	keptCap := 0
+	if keep {
+		keptCap = bufClasses[bufClass(len(f.arrival.ip))]
+		delta += keptCap + max(rangesCap-cap(d.kept), 0)*keptSize
+	}
 	if !r.charge(d, delta) {
 		r.kill(d)
 		return nil, 0, dropFragEvicted
@@ -393,6 +428,17 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 		nr := make([]fragRange, len(d.ranges), rangesCap)
 		copy(nr, d.ranges)
 		d.ranges = nr
+	}
+	if keep {
+		if rangesCap > cap(d.kept) {
+			nk := make([]keptFragment, len(d.kept), rangesCap)
+			copy(nk, d.kept)
+			d.kept = nk
+		}
+		k := f.arrival
+		k.ip = r.takeBuf(keptCap)[:len(f.arrival.ip)]
+		copy(k.ip, f.arrival.ip)
+		d.kept = append(d.kept, k)
 	}
 	if off == 0 {
 		d.head = r.takeBuf(headCap)[:len(f.head)]
@@ -412,6 +458,9 @@ func (r *reassembler) add(version uint8, src, dst netip.Addr, f *fragInfo, now t
 		// (ip_frag_ecn_table).
 		r.kill(d)
 		return nil, 0, dropFragECN
+	}
+	if kept != nil {
+		r.handOver(d, kept)
 	}
 	whole, frags = r.finish(d)
 	return whole, frags, deliver
@@ -551,7 +600,7 @@ func (r *reassembler) absorb(d *datagram, off, end int, more bool) {
 // reported as evicted.
 func (r *reassembler) start(k fragKey, now time.Time) *datagram {
 	d := r.takeDatagram()
-	cost := datagramOverhead + cap(d.ranges)*rangeSize
+	cost := recordSize(d)
 	if cost > r.cfg.maxSourceBytes {
 		r.putDatagram(d)
 		return nil
@@ -681,6 +730,21 @@ func (r *reassembler) finish(d *datagram) ([]byte, int) {
 	return b, frags
 }
 
+// handOver appends the fragments d keeps to *kept, which owns their
+// buffers from now on: they are no longer charged.
+func (r *reassembler) handOver(d *datagram, kept *[]keptFragment) {
+	c := 0
+	for i, k := range d.kept {
+		c += cap(k.ip)
+		*kept = append(*kept, k)
+		d.kept[i] = keptFragment{}
+	}
+	d.kept = d.kept[:0]
+	r.used -= c
+	d.src.bytes -= c
+	d.cost -= c
+}
+
 // kill turns d into a tombstone: its data goes, its record stays until
 // its timeout or until the rest of its fragments have arrived.
 func (r *reassembler) kill(d *datagram) {
@@ -688,10 +752,13 @@ func (r *reassembler) kill(d *datagram) {
 	d.dead = true
 }
 
-// dropData uncharges d's chunks and header and puts them on the free
-// lists.
+// dropData uncharges d's chunks, header and kept fragments and puts them
+// on the free lists.
 func (r *reassembler) dropData(d *datagram) {
 	c := d.nchunks*chunkSize + cap(d.head)
+	for _, k := range d.kept {
+		c += cap(k.ip)
+	}
 	r.used -= c
 	d.src.bytes -= c
 	d.cost -= c
@@ -704,6 +771,11 @@ func (r *reassembler) dropData(d *datagram) {
 	d.nchunks = 0
 	r.putBuf(d.head)
 	d.head = nil
+	for i, k := range d.kept {
+		r.putBuf(k.ip)
+		d.kept[i] = keptFragment{}
+	}
+	d.kept = d.kept[:0]
 }
 
 // evict drops d to honour a limit, counting it unless it was already
@@ -750,7 +822,7 @@ func (r *reassembler) remove(d *datagram) {
 			r.freeSources = append(r.freeSources, s)
 		}
 	}
-	*d = datagram{ranges: d.ranges[:0]}
+	*d = datagram{ranges: d.ranges[:0], kept: d.kept[:0]}
 	r.putDatagram(d)
 }
 
@@ -817,13 +889,19 @@ func (r *reassembler) putBuf(b []byte) {
 	r.idle += c
 }
 
+// recordSize is what d's record costs, in use or free: datagramOverhead
+// and the capacity of its lists.
+func recordSize(d *datagram) int {
+	return datagramOverhead + cap(d.ranges)*rangeSize + cap(d.kept)*keptSize
+}
+
 // takeDatagram returns a cleared datagram record, reused when one is free.
 func (r *reassembler) takeDatagram() *datagram {
 	if n := len(r.freeDatagrams); n > 0 {
 		d := r.freeDatagrams[n-1]
 		r.freeDatagrams[n-1] = nil
 		r.freeDatagrams = r.freeDatagrams[:n-1]
-		r.idle -= datagramOverhead + cap(d.ranges)*rangeSize
+		r.idle -= recordSize(d)
 		return d
 	}
 	return &datagram{ranges: make([]fragRange, 0, min(initialRanges, r.cfg.maxFragments))}
@@ -831,7 +909,7 @@ func (r *reassembler) takeDatagram() *datagram {
 
 // putDatagram keeps a cleared record for reuse if the cap allows.
 func (r *reassembler) putDatagram(d *datagram) {
-	c := datagramOverhead + cap(d.ranges)*rangeSize
+	c := recordSize(d)
 	if r.used+r.idle+c > r.cfg.maxBytes {
 		return
 	}
@@ -852,15 +930,21 @@ func (r *reassembler) dropIdle() {
 	r.idle = 0
 }
 
-// release takes back a datagram add returned, for reuse. whole must be
-// the slice add returned (or a reslice of it that starts at the same
-// byte), passed once; nil is ignored.
-func (r *reassembler) release(whole []byte) {
-	if whole == nil {
+// release takes back a datagram add returned, and the fragments it
+// appended to kept, for reuse. whole must be the slice add returned (or a
+// reslice of it that starts at the same byte), and each kept ip as add
+// gave it, passed once; nil is ignored.
+func (r *reassembler) release(whole []byte, kept []keptFragment) {
+	if whole == nil && len(kept) == 0 {
 		return
 	}
 	r.mu.Lock()
-	r.putBuf(whole)
+	if whole != nil {
+		r.putBuf(whole)
+	}
+	for _, k := range kept {
+		r.putBuf(k.ip)
+	}
 	r.mu.Unlock()
 }
 

@@ -145,3 +145,102 @@ func TestFragmentedInjected(t *testing.T) {
 		t.Fatalf("stats %+v, want 2 delivered, 2 overlaps, 2 for another port", st)
 	}
 }
+
+// keptFragments is what a decoder copies of Datagram.Fragments.
+type keptFragments struct {
+	payload []byte
+	frags   []Fragment // IP copied
+}
+
+func decodeFragments(d *Datagram) (keptFragments, error) {
+	k := keptFragments{payload: bytes.Clone(d.Payload())}
+	for _, f := range d.Fragments() {
+		f.IP = bytes.Clone(f.IP)
+		k.frags = append(k.frags, f)
+	}
+	return k, nil
+}
+
+// TestFragmentsKept injects the fragments of datagrams in a shuffled
+// order, one sent twice, across a veth link to a stream WithFragments:
+// each datagram comes with its fragments byte for byte as they went on
+// the wire, in the order sent, the duplicate once, on the link, with
+// kernel times in order, the last one the datagram's; an unfragmented
+// datagram has none, and a stream without the option shows none.
+func TestFragmentsKept(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.1/24", "2001:db8::1/64")
+	s := openT(t, 0, decodeFragments, WithFragments())
+	plain := openT(t, 0, decodeFragments)
+	ifi, err := net.InterfaceByName("in0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addrs := map[uint8][2]netip.Addr{
+		4: {netip.MustParseAddr("192.0.2.2"), netip.MustParseAddr("192.0.2.1")},
+		6: {netip.MustParseAddr("2001:db8::2"), netip.MustParseAddr("2001:db8::1")},
+	}
+	for _, v := range []uint8{4, 6} {
+		a := addrs[v]
+		for _, st := range []*Stream[keptFragments]{s, plain} {
+			sent := newReasmSent(v, a[0], a[1], 0x5151, bigPayload(5000, v))
+			sent.dport = st.Port()
+			sent.ttl = 33
+			sent.seal()
+			frags := sent.split(1232)
+			order := []int{2, 0, 4, 1, 3}
+			if len(frags) != len(order) {
+				t.Fatalf("%d fragments", len(frags))
+			}
+			var wire [][]byte
+			for i, j := range order {
+				in.send(t, frags[j])
+				wire = append(wire, frags[j])
+				if i == 1 {
+					in.send(t, frags[j]) // a duplicate on the wire
+				}
+			}
+			p := recvOne(t, st.Packets(), 2*time.Second)
+			if p.Err != nil || !bytes.Equal(p.Value.payload, sent.payload) || p.Header.Fragments != len(frags) {
+				t.Fatalf("ipv%d: err %v, %d bytes, %d fragments", v, p.Err, len(p.Value.payload), p.Header.Fragments)
+			}
+			got := p.Value.frags
+			if st == plain {
+				if got != nil {
+					t.Errorf("ipv%d without WithFragments: %d fragments shown", v, len(got))
+				}
+				continue
+			}
+			if len(got) != len(wire) {
+				t.Fatalf("ipv%d: %d fragments, %d sent (and a duplicate)", v, len(got), len(wire))
+			}
+			for i, f := range got {
+				if !bytes.Equal(f.IP, wire[i]) {
+					t.Errorf("ipv%d fragment %d: % x\nwant (as sent) % x", v, i, f.IP[:min(len(f.IP), 48)], wire[i][:48])
+				}
+				if f.IfIndex != ifi.Index {
+					t.Errorf("ipv%d fragment %d on interface %d, want in0 (%d)", v, i, f.IfIndex, ifi.Index)
+				}
+				if i > 0 && f.Time.Before(got[i-1].Time) || f.Time.IsZero() {
+					t.Errorf("ipv%d fragment %d at %v, after %v", v, i, f.Time, got[max(i-1, 0)].Time)
+				}
+			}
+			if last := got[len(got)-1].Time; !last.Equal(p.Header.Time) {
+				t.Errorf("ipv%d: last fragment at %v, datagram at %v", v, last, p.Header.Time)
+			}
+			if d := time.Since(got[0].Time); d < 0 || d > time.Minute {
+				t.Errorf("ipv%d: first fragment %v ago: not the kernel's clock", v, d)
+			}
+		}
+	}
+	// An unfragmented datagram has none.
+	c := udpSender(t, "udp4", 64, 0)
+	sendTo(t, c, "127.0.0.1", s.Port(), []byte("whole"))
+	if p := recvOne(t, s.Packets(), 2*time.Second); p.Err != nil || string(p.Value.payload) != "whole" || p.Value.frags != nil {
+		t.Errorf("unfragmented datagram: err %v, payload %q, %d fragments", p.Err, p.Value.payload, len(p.Value.frags))
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+}

@@ -193,7 +193,7 @@ func reasmFeed(t testing.TB, r *reassembler, frame []byte, now time.Time) ([]byt
 	if v := classify(frame, frame[0]>>4, reasmPort, 0, &p); v != fragment {
 		t.Fatalf("classify of a test fragment: verdict %v, want fragment", v)
 	}
-	return r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now)
+	return r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now, nil)
 }
 
 // reasmFeedAll offers frames in order; every one but the last must be
@@ -274,7 +274,7 @@ func reasmInvariants(r *reassembler) error {
 	}
 	idle += len(r.freeChunks) * chunkSize
 	for _, d := range r.freeDatagrams {
-		idle += datagramOverhead + cap(d.ranges)*rangeSize
+		idle += recordSize(d)
 	}
 	if idle != r.idle {
 		return fmt.Errorf("idle %d, free lists hold %d", r.idle, idle)
@@ -291,8 +291,15 @@ func reasmInvariants(r *reassembler) error {
 		if r.datagrams[d.key] != d {
 			return fmt.Errorf("datagram not in the map")
 		}
-		if want := datagramOverhead + cap(d.ranges)*rangeSize + d.nchunks*chunkSize + cap(d.head); d.cost != want {
+		want := recordSize(d) + d.nchunks*chunkSize + cap(d.head)
+		for _, k := range d.kept {
+			want += cap(k.ip)
+		}
+		if d.cost != want {
 			return fmt.Errorf("cost %d, want %d", d.cost, want)
+		}
+		if r.cfg.keepFragments && !d.dead && len(d.kept) != len(d.ranges) || (d.dead || !r.cfg.keepFragments) && len(d.kept) != 0 {
+			return fmt.Errorf("%d fragments kept, %d ranges held", len(d.kept), len(d.ranges))
 		}
 		held := 0
 		for _, c := range d.chunks {
@@ -303,7 +310,7 @@ func reasmInvariants(r *reassembler) error {
 		if held != d.nchunks {
 			return fmt.Errorf("%d chunks held, %d counted", held, d.nchunks)
 		}
-		if d.dead && (held != 0 || d.head != nil) {
+		if d.dead && (held != 0 || d.head != nil || len(d.kept) != 0) {
 			return fmt.Errorf("tombstone holds data")
 		}
 		if !d.dead && (d.head != nil) != (d.headLen != 0) {
@@ -427,7 +434,7 @@ func TestReassembleOrders(t *testing.T) {
 				r := newReassembler(reassemblyConfig{maxFragments: 1024})
 				whole, n := reasmFeedAll(t, r, order, reasmT0)
 				reasmCheckWhole(t, c.sent, whole, n, len(frames))
-				r.release(whole)
+				r.release(whole, nil)
 				if u := r.inUse(); u != 0 {
 					t.Errorf("inUse = %d after completion, want 0", u)
 				}
@@ -930,7 +937,7 @@ func TestReassembleBadInput(t *testing.T) {
 		{"huge data", 4, mod(func(f *fragInfo) { f.data = make([]byte, 70000) })},
 	} {
 		r := newReassembler(reassemblyConfig{})
-		if w, _, v := r.add(tc.version, reasmSrc4, reasmDst4, tc.f, reasmT0); w != nil || v != dropMalformedFragment {
+		if w, _, v := r.add(tc.version, reasmSrc4, reasmDst4, tc.f, reasmT0, nil); w != nil || v != dropMalformedFragment {
 			t.Errorf("%s: verdict %v, want dropMalformedFragment", tc.name, v)
 		}
 		if len(r.datagrams) != 0 || r.inUse() != 0 {
@@ -957,7 +964,7 @@ func TestReassembleKeys(t *testing.T) {
 	classify(base4.split(64)[1], 4, reasmPort, 0, &p)
 	tcp := p.frag
 	tcp.nextHeader = 6
-	if w, _, v := r.add(4, reasmSrc4, reasmDst4, &tcp, reasmT0); w != nil || v != fragment {
+	if w, _, v := r.add(4, reasmSrc4, reasmDst4, &tcp, reasmT0, nil); w != nil || v != fragment {
 		t.Fatalf("other protocol: verdict %v", v)
 	}
 	for _, s := range all {
@@ -971,7 +978,7 @@ func TestReassembleKeys(t *testing.T) {
 			t.Fatalf("%v -> %v: verdict %v", s.src, s.dst, v)
 		}
 		reasmCheckWhole(t, s, whole, n, 2)
-		r.release(whole)
+		r.release(whole, nil)
 	}
 	reasmMustHold(t, r)
 }
@@ -1005,12 +1012,12 @@ func TestReassembleReleaseReuse(t *testing.T) {
 		if &w[0] == &wa[0] {
 			t.Fatalf("a held buffer was reused")
 		}
-		r.release(w)
+		r.release(w, nil)
 	}
 	if !bytes.Equal(wa, keep) {
 		t.Fatalf("a held datagram changed")
 	}
-	r.release(wa)
+	r.release(wa, nil)
 	w, _ := reasmFeedAll(t, r, reasmSimple(4, 9, 2000).split(1480), reasmT0)
 	if &w[0] != &wa[0] {
 		t.Errorf("the released buffer was not reused")
@@ -1039,12 +1046,12 @@ func TestReassembleNoAllocs(t *testing.T) {
 			now = now.Add(time.Millisecond)
 			for i := range infos {
 				p := &infos[i]
-				whole, _, vd := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now)
+				whole, _, vd := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now, nil)
 				if i == len(infos)-1 {
 					if vd != deliver {
 						panic(vd)
 					}
-					r.release(whole)
+					r.release(whole, nil)
 				}
 			}
 		})
@@ -1077,12 +1084,12 @@ func TestReassembleConcurrent(t *testing.T) {
 						t.Errorf("goroutine %d datagram %d: classify %v", g, i, v)
 						return
 					}
-					whole, n, _ = r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0)
+					whole, n, _ = r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0, nil)
 				}
 				if !bytes.Equal(whole, s.whole()) || n != len(frames) {
 					t.Errorf("goroutine %d datagram %d: wrong output", g, i)
 				}
-				r.release(whole)
+				r.release(whole, nil)
 			}
 		})
 	}
@@ -1125,8 +1132,8 @@ func BenchmarkReassemble(b *testing.B) {
 				now = now.Add(time.Microsecond)
 				for i := range infos {
 					p := &infos[i]
-					whole, _, _ := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now)
-					r.release(whole)
+					whole, _, _ := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now, nil)
+					r.release(whole, nil)
 				}
 			}
 		})
@@ -1192,6 +1199,9 @@ func FuzzReassembly(f *testing.F) {
 	f.Add([]byte{1, 0, 3, 0, 1, 2, 3, 0, 1, 4, 3, 0, 1, 8, 9, 0})
 	f.Add([]byte{0x40, 0, 1, 0, 0x50, 3, 1, 0, 0x50, 9, 3, 0, 0x40, 40, 1, 1})
 	f.Add([]byte{0x70, 0, 0, 0x41, 0x71, 1, 16, 0x20, 0x79, 0xff, 0xf0, 0xff})
+	// A trailing byte keeps fragments.
+	f.Add([]byte{3, 20, 9, 0, 3, 10, 9, 1, 3, 0, 9, 2, 1})
+	f.Add([]byte{0x40, 0, 1, 0, 0x50, 3, 1, 0, 0x50, 9, 3, 0, 0x40, 40, 1, 1, 1})
 
 	sent := reasmFuzzSent()
 	expect := make([][]byte, len(sent))
@@ -1205,24 +1215,41 @@ func FuzzReassembly(f *testing.F) {
 		// Long inputs add nothing a shorter one cannot reach; they only
 		// slow the search down.
 		in = in[:min(len(in), 4*512)]
+		// Bytes past the last group of four keep fragments.
+		keep := len(in)%4 != 0
 		r := newReassembler(reassemblyConfig{
 			timeout:        5 * time.Second,
 			maxFragments:   16,
 			maxPerSource:   3,
 			maxBytes:       16 << 10,
 			maxSourceBytes: 8 << 10,
+			keepFragments:  keep,
 		})
 		now := reasmT0
-		type held struct{ whole, copy []byte }
+		var arrival uint32 // the time given to each fragment added
+		type held struct {
+			whole, copy []byte
+			kept        []keptFragment
+			keptCopy    [][]byte
+		}
 		var hold []held
 		releaseAll := func() {
 			for _, h := range hold {
 				if !bytes.Equal(h.whole, h.copy) {
 					t.Fatalf("a delivered datagram changed before its release")
 				}
-				r.release(h.whole)
+				for i, k := range h.kept {
+					if !bytes.Equal(k.ip, h.keptCopy[i]) {
+						t.Fatalf("a kept fragment changed before its release")
+					}
+				}
+				r.release(h.whole, h.kept)
 			}
 			hold = hold[:0]
+		}
+		var kept *[]keptFragment
+		if keep {
+			kept = new([]keptFragment)
 		}
 
 		for len(in) >= 4 {
@@ -1258,11 +1285,18 @@ func FuzzReassembly(f *testing.F) {
 					head[0] = v<<4 | byte(len(head)/4)&0xf
 				}
 				fi.head = head
-				whole, _, vd := r.add(v, reasmFuzzSrc, reasmDst4, fi, now)
+				arrival++
+				fi.arrival = keptFragment{ip: append(slices.Clone(head), fi.data...), sec: arrival}
+				whole, _, vd := r.add(v, reasmFuzzSrc, reasmDst4, fi, now, kept)
 				if whole != nil {
 					var p parsed
 					classify(whole, v, reasmPort, 0, &p)
-					r.release(whole)
+					if keep {
+						r.release(whole, *kept)
+						*kept = nil
+					} else {
+						r.release(whole, nil)
+					}
 				} else if vd == deliver {
 					t.Fatalf("deliver without a datagram")
 				}
@@ -1299,13 +1333,24 @@ func FuzzReassembly(f *testing.F) {
 				if classify(frame, frame[0]>>4, reasmPort, 0, &p) != fragment {
 					continue
 				}
-				whole, frags, v := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now)
+				arrival++
+				p.frag.arrival = keptFragment{ip: p.ip, sec: arrival, ifIndex: idx}
+				whole, frags, v := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, now, kept)
 				if (whole != nil) != (v == deliver) {
 					t.Fatalf("whole %v with verdict %v", whole != nil, v)
 				}
 				if whole != nil {
 					reasmFuzzCheck(t, s, expect[idx], whole, frags)
-					hold = append(hold, held{whole, bytes.Clone(whole)})
+					h := held{whole: whole, copy: bytes.Clone(whole)}
+					if keep {
+						h.kept = *kept
+						*kept = nil
+						reasmCheckKept(t, h.kept, frags, s.id, arrival)
+						for _, k := range h.kept {
+							h.keptCopy = append(h.keptCopy, bytes.Clone(k.ip))
+						}
+					}
+					hold = append(hold, h)
 					if len(hold) > 4 {
 						releaseAll()
 					}
@@ -1324,6 +1369,31 @@ func FuzzReassembly(f *testing.F) {
 			t.Fatalf("after every timeout: %d bytes, %d datagrams, %d sources", r.inUse(), len(r.datagrams), len(r.sources))
 		}
 	})
+}
+
+// reasmCheckKept checks the fragments kept with a datagram of
+// identification id, of frags fragments, the last of which was added at
+// time last: one per fragment, in the order added, each a fragment of
+// the datagram in a buffer of its own.
+func reasmCheckKept(t *testing.T, kept []keptFragment, frags int, id uint32, last uint32) {
+	t.Helper()
+	if len(kept) != frags {
+		t.Fatalf("%d fragments kept of %d", len(kept), frags)
+	}
+	for i, k := range kept {
+		var p parsed
+		if v := classify(k.ip, k.ip[0]>>4, reasmPort, 0, &p); v != fragment || p.frag.id != id {
+			t.Fatalf("kept fragment %d: verdict %v, id %#x, want a fragment of %#x", i, v, p.frag.id, id)
+		}
+		if i > 0 && k.sec <= kept[i-1].sec || i == len(kept)-1 && k.sec != last {
+			t.Fatalf("kept fragments out of order: %d at %d after %d (last added at %d)", i, k.sec, kept[max(i-1, 0)].sec, last)
+		}
+		for _, o := range kept[:i] {
+			if &o.ip[:cap(o.ip)][cap(o.ip)-1] == &k.ip[:cap(k.ip)][cap(k.ip)-1] {
+				t.Fatalf("two kept fragments share a buffer")
+			}
+		}
+	}
 }
 
 // reasmFuzzCheck checks a datagram the fuzzer got back against the one
@@ -1382,10 +1452,10 @@ func TestReassembleECN(t *testing.T) {
 		first, last := twoFragments4(c.ecn1, c.ecn2)
 		first.head = bytes.Clone(first.head)
 		first.head[1] = 0xb8 | c.ecn1 // DSCP 46 and the first fragment's ECN
-		if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+		if _, _, v := r.add(4, src, dst, &first, reasmT0, nil); v != fragment {
 			t.Fatalf("ECN %d, %d: first fragment: %s", c.ecn1, c.ecn2, verdictName(v))
 		}
-		whole, _, v := r.add(4, src, dst, &last, reasmT0)
+		whole, _, v := r.add(4, src, dst, &last, reasmT0, nil)
 		if v != c.want {
 			t.Errorf("ECN %d, %d: verdict %s, want %s", c.ecn1, c.ecn2, verdictName(v), verdictName(c.want))
 			continue
@@ -1396,7 +1466,7 @@ func TestReassembleECN(t *testing.T) {
 		if got := whole[1]; got != 0xb8|c.wantECN || refSum(0, whole[:20]) != 0xffff {
 			t.Errorf("ECN %d, %d: TOS %#x (header sum %#x), want %#x", c.ecn1, c.ecn2, got, refSum(0, whole[:20]), 0xb8|c.wantECN)
 		}
-		r.release(whole)
+		r.release(whole, nil)
 	}
 }
 
@@ -1409,20 +1479,20 @@ func TestReassembleEmptyFragment(t *testing.T) {
 	first, last := twoFragments4(0, 0)
 	empty := last
 	empty.data, empty.more = nil, true
-	if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+	if _, _, v := r.add(4, src, dst, &first, reasmT0, nil); v != fragment {
 		t.Fatalf("first: %s", verdictName(v))
 	}
-	if _, _, v := r.add(4, src, dst, &empty, reasmT0); v != dropMalformedFragment {
+	if _, _, v := r.add(4, src, dst, &empty, reasmT0, nil); v != dropMalformedFragment {
 		t.Fatalf("empty: %s, want dropMalformedFragment", verdictName(v))
 	}
-	if _, _, v := r.add(4, src, dst, &last, reasmT0); v != fragment {
+	if _, _, v := r.add(4, src, dst, &last, reasmT0, nil); v != fragment {
 		t.Fatalf("last after the empty one: %s, want fragment (a new datagram)", verdictName(v))
 	}
-	whole, _, v := r.add(4, src, dst, &first, reasmT0)
+	whole, _, v := r.add(4, src, dst, &first, reasmT0, nil)
 	if v != deliver {
 		t.Fatalf("first again: %s, want deliver", verdictName(v))
 	}
-	r.release(whole)
+	r.release(whole, nil)
 }
 
 // TestReassembleTimeoutPerFragment checks that a fragment's own timeout
@@ -1433,18 +1503,120 @@ func TestReassembleTimeoutPerFragment(t *testing.T) {
 	r := newReassembler(reassemblyConfig{timeout: time.Minute})
 	older, _ := twoFragments4(0, 0)
 	older.id = 2
-	if _, _, v := r.add(4, src, dst, &older, reasmT0); v != fragment {
+	if _, _, v := r.add(4, src, dst, &older, reasmT0, nil); v != fragment {
 		t.Fatalf("older: %s", verdictName(v))
 	}
 	first, last := twoFragments4(0, 0)
 	first.timeout, last.timeout = time.Second, time.Second
-	if _, _, v := r.add(4, src, dst, &first, reasmT0); v != fragment {
+	if _, _, v := r.add(4, src, dst, &first, reasmT0, nil); v != fragment {
 		t.Fatalf("first: %s", verdictName(v))
 	}
-	if _, _, v := r.add(4, src, dst, &last, reasmT0.Add(2*time.Second)); v != fragment {
+	if _, _, v := r.add(4, src, dst, &last, reasmT0.Add(2*time.Second), nil); v != fragment {
 		t.Fatalf("last, after the timeout: %s, want fragment (a new datagram)", verdictName(v))
 	}
 	if to, _ := r.drops(); to != 1 {
 		t.Fatalf("%d timeouts, want 1", to)
+	}
+}
+
+// TestReassembleKeepFragments keeps the fragments of each datagram, fed
+// shuffled with an exact duplicate among them: they come out with the
+// datagram, byte for byte as fed, in the order fed, with their times and
+// interfaces, the duplicate left out; while held they are charged, and
+// released they serve the next datagram.
+func TestReassembleKeepFragments(t *testing.T) {
+	r := newReassembler(reassemblyConfig{keepFragments: true})
+	var kept []keptFragment
+	for ci, c := range reasmCases() {
+		frames := c.sent.split(c.size)
+		rng := rand.New(rand.NewPCG(7, uint64(ci)))
+		order := rng.Perm(len(frames))
+		var fed [][]byte
+		for i, j := range order {
+			var p parsed
+			if v := classify(frames[j], c.sent.version, reasmPort, 0, &p); v != fragment {
+				t.Fatalf("%s: classify %v", c.name, v)
+			}
+			p.frag.arrival = keptFragment{ip: p.ip, sec: uint32(i), nsec: uint32(j), ifIndex: 3 + i%2}
+			whole, n, v := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0, &kept)
+			fed = append(fed, frames[j])
+			reasmMustHold(t, r)
+			if i == 0 && len(frames) > 1 {
+				// The same fragment again is absorbed, and not kept.
+				if _, _, v := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0, &kept); v != fragment {
+					t.Fatalf("%s: duplicate: verdict %v", c.name, v)
+				}
+			}
+			if i < len(frames)-1 {
+				if whole != nil || len(kept) != 0 {
+					t.Fatalf("%s: fragment %d: a datagram, or fragments handed over", c.name, i)
+				}
+				continue
+			}
+			if v != deliver {
+				t.Fatalf("%s: verdict %v", c.name, v)
+			}
+			reasmCheckWhole(t, c.sent, whole, n, len(frames))
+			if len(kept) != len(frames) {
+				t.Fatalf("%s: %d fragments kept of %d", c.name, len(kept), len(frames))
+			}
+			for k, f := range kept {
+				if !bytes.Equal(f.ip, fed[k]) || f.sec != uint32(k) || f.nsec != uint32(order[k]) || f.ifIndex != 3+k%2 {
+					t.Fatalf("%s: kept fragment %d: %d bytes at %d.%d on %d; want fragment %d as fed", c.name, k, len(f.ip), f.sec, f.nsec, f.ifIndex, order[k])
+				}
+			}
+			if r.inUse() != 0 {
+				t.Errorf("%s: %d bytes still charged with the datagram handed over", c.name, r.inUse())
+			}
+			r.release(whole, kept)
+			kept = kept[:0]
+			reasmMustHold(t, r)
+		}
+	}
+	// Steady state: the buffers and lists come from the free lists.
+	s := reasmSimple(6, 0x77, 3000)
+	frames := s.split(1232)
+	infos := make([]parsed, len(frames))
+	for i, f := range frames {
+		classify(f, 6, reasmPort, 0, &infos[i])
+		infos[i].frag.arrival = keptFragment{ip: infos[i].ip}
+	}
+	allocs := testing.AllocsPerRun(100, func() {
+		for i := range infos {
+			p := &infos[i]
+			whole, _, _ := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0, &kept)
+			if whole != nil {
+				r.release(whole, kept)
+				kept = kept[:0]
+			}
+		}
+	})
+	if allocs != 0 {
+		t.Errorf("%v allocations per datagram keeping its fragments, want 0", allocs)
+	}
+}
+
+// TestReassembleKeepFragmentsBounded floods a reassembler that keeps
+// fragments: the copies are charged, so the caps hold as they do without.
+func TestReassembleKeepFragmentsBounded(t *testing.T) {
+	r := newReassembler(reassemblyConfig{keepFragments: true, maxBytes: 256 << 10})
+	rng := rand.New(rand.NewPCG(3, 4))
+	flood := append(reasmFlood(rng, 2000, 1400, 50, false), reasmFlood(rng, 2000, 1400, 50, true)...)
+	for _, f := range flood {
+		var p parsed
+		if classify(f, f[0]>>4, reasmPort, 0, &p) != fragment {
+			continue
+		}
+		p.frag.arrival = keptFragment{ip: p.ip}
+		var kept []keptFragment
+		if whole, _, _ := r.add(p.Version, p.Src.Addr(), p.Dst.Addr(), &p.frag, reasmT0, &kept); whole != nil {
+			r.release(whole, kept)
+		}
+		if err := reasmInvariants(r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, e := r.drops(); e == 0 {
+		t.Errorf("no evictions: the flood was too small to test the cap")
 	}
 }

@@ -33,6 +33,7 @@ type viewReport struct {
 	capsOK   bool   // every view's capacity was its length
 	appended bool   // appending to the payload left it as it was
 	overrun  string // what reslicing the payload past its end did
+	frags    int    // the fragments it showed
 }
 
 // viewProbe is a decoder that tries what a careless decoder would do to
@@ -43,9 +44,30 @@ func viewProbe(d *Datagram) (viewReport, error) {
 		payload: bytes.Clone(pl),
 		capsOK:  cap(ip) == len(ip) && cap(udp) == len(udp) && cap(pl) == len(pl),
 	}
+	frags := d.Fragments()
+	r.frags = len(frags)
+	before := make([][]byte, len(frags))
+	for i, f := range frags {
+		r.capsOK = r.capsOK && cap(f.IP) == len(f.IP)
+		before[i] = bytes.Clone(f.IP)
+	}
 	grown := append(pl, bytes.Repeat([]byte{0xee}, 64)...)
 	grown[0] ^= 0xff // written to a copy, never to the ring
 	r.appended = bytes.Equal(d.Payload(), r.payload)
+	// Appending to one fragment must leave the next one, and the
+	// datagram, as they were.
+	for _, f := range frags {
+		g := append(f.IP, bytes.Repeat([]byte{0xee}, 64)...)
+		g[len(f.IP)] ^= 0xff
+	}
+	if len(frags) > 0 {
+		frags = append(frags, Fragment{IP: []byte{0xee}})
+		frags[0].IP = nil
+	}
+	r.appended = r.appended && bytes.Equal(d.Payload(), r.payload) && len(d.Fragments()) == len(before)
+	for i, f := range d.Fragments() {
+		r.appended = r.appended && bytes.Equal(f.IP, before[i])
+	}
 	func() {
 		defer func() {
 			if e := recover(); e != nil {
@@ -62,7 +84,9 @@ func viewProbe(d *Datagram) (viewReport, error) {
 // of a Header, reach no byte beyond their own, on every path a datagram
 // can take: a ring slot, the socket's queue, reassembly and GSO
 // splitting. A decoder that appends to its view must corrupt nothing, and
-// one that reslices past the end must panic (and the stream recover).
+// one that reslices past the end must panic (and the stream recover). The
+// stream keeps fragments: appending to one fragment's view, or to the
+// list of them, must not touch the next fragment's bytes.
 func TestViewsBounded(t *testing.T) {
 	if !inNetns(t) {
 		return
@@ -70,7 +94,7 @@ func TestViewsBounded(t *testing.T) {
 	leakCheck(t)
 	// A smaller loopback MTU makes the kernel fragment large datagrams.
 	ip(t, "link", "set", "lo", "mtu", "1280")
-	s := openT(t, 0, viewProbe)
+	s := openT(t, 0, viewProbe, WithFragments())
 
 	c4 := udpSender(t, "udp4", 64, 0)
 	c6 := udpSender(t, "udp6", 64, 0)
@@ -114,6 +138,9 @@ func TestViewsBounded(t *testing.T) {
 		if !r.capsOK || !r.appended || !strings.Contains(r.overrun, "out of range") {
 			t.Errorf("%d-byte datagram (%d fragments): capacities bounded %v, append harmless %v, reslice past the end: %s",
 				len(r.payload), h.Fragments, r.capsOK, r.appended, r.overrun)
+		}
+		if wantFrags := h.Fragments; r.frags != wantFrags && (wantFrags > 1 || r.frags != 0) {
+			t.Errorf("%d-byte datagram of %d fragments showed %d", len(r.payload), h.Fragments, r.frags)
 		}
 		if cap(h.Options) != len(h.Options) || cap(h.ExtHeaders) != len(h.ExtHeaders) {
 			t.Errorf("header slices: options %d/%d, extension headers %d/%d (len/cap)",

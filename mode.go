@@ -17,15 +17,15 @@ const (
 	// with control messages for what the IP header carried. It needs no
 	// privilege; the kernel decides delivery. The fields a socket cannot
 	// see are marked in Header.Unknown, and Datagram.IP and UDP return
-	// nil (see Datagram). WithMonitor, WithPortErrors, WithDropErrors and
-	// WithAnyDestination, which only a packet socket can honour, are
-	// refused in this mode.
+	// nil (see Datagram). WithMonitor, WithPortErrors, WithDropErrors,
+	// WithAnyDestination and WithFragments, which only a packet socket can
+	// honour, are refused in this mode.
 	ModeSocket
 
 	// ModeAuto is ModeRing when the process may open packet sockets and
 	// ModeSocket otherwise. With an option only the ring honours
-	// (WithMonitor, WithPortErrors, WithDropErrors, WithAnyDestination)
-	// it is ModeRing. Stream.Mode tells which one runs.
+	// (WithMonitor, WithPortErrors, WithDropErrors, WithAnyDestination,
+	// WithFragments) it is ModeRing. Stream.Mode tells which one runs.
 	ModeAuto
 
 	// ModeKernel, kernel-verdict mode, receives through the ring as
@@ -81,6 +81,8 @@ func (c *config) ringOnly() string {
 		return "WithDropErrors"
 	case c.anyDestination:
 		return "WithAnyDestination"
+	case c.fragments:
+		return "WithFragments"
 	}
 	return ""
 }

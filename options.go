@@ -46,6 +46,7 @@ type config struct {
 	chanCap        int
 	portErrors     bool
 	dropErrors     bool
+	fragments      bool // WithFragments
 	monitor        bool
 	anyDestination bool
 	fanout         int
@@ -238,6 +239,24 @@ func WithReassembly(timeout time.Duration, memory, maxFragments, maxPerSource in
 		if maxPerSource != 0 {
 			c.reasmPerSource = maxPerSource
 		}
+		return nil
+	}}
+}
+
+// WithFragments keeps each fragment of a fragmented datagram, as it was
+// received, until the datagram is whole, so that its decoder can see them
+// (Datagram.Fragments) and write a capture of the fragments as they came.
+// The copies count against the reassembly memory of WithReassembly, where
+// a datagram in reassembly then takes two to three times its size: a
+// stream that keeps fragments holds fewer datagrams in reassembly at
+// once, and the largest datagram, 64 KiB in 1280-byte fragments, needs
+// about 180 KiB of it. Without it no fragment is kept and Datagram.Fragments returns nil.
+// It needs the ring: it is refused in ModeSocket, where the kernel
+// reassembles and passes on only the datagram, and makes ModeAuto choose
+// ModeRing.
+func WithFragments() Option {
+	return Option{func(c *config) error {
+		c.fragments = true
 		return nil
 	}}
 }

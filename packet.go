@@ -198,6 +198,7 @@ type Datagram struct {
 	ip      []byte
 	udp     []byte
 	payload []byte
+	frags   []Fragment
 }
 
 // Header returns the datagram's parsed header, a copy owned by the caller.
@@ -214,6 +215,32 @@ func (d *Datagram) UDP() []byte { return d.udp[:len(d.udp):len(d.udp)] }
 
 // Payload returns the UDP payload. Valid only during the Decoder call.
 func (d *Datagram) Payload() []byte { return d.payload[:len(d.payload):len(d.payload)] }
+
+// Fragments returns the IP fragments a reassembled datagram arrived in,
+// each as it was received, in the order the stream received them, on a
+// stream opened WithFragments; nil for a datagram that was not
+// fragmented (an IPv6 atomic fragment included) and without
+// WithFragments. They are the fragments whose data the datagram holds, as
+// many as Header.Fragments: an exact duplicate of one is not among them.
+// The slice and the fragments' IP bytes are valid only during the Decoder
+// call; the capacity of each is its length.
+func (d *Datagram) Fragments() []Fragment { return d.frags[:len(d.frags):len(d.frags)] }
+
+// Fragment is one IP fragment of a reassembled datagram, as it was
+// received: see Datagram.Fragments.
+type Fragment struct {
+	// IP is the fragment from its IP header on, as it arrived (link-layer
+	// padding trimmed): its own header, TTL, TOS and flags, and its share
+	// of the datagram. Valid only during the Decoder call.
+	IP []byte
+
+	// IfIndex is the index of the interface the fragment arrived on.
+	IfIndex int
+
+	// Time is when the kernel received the fragment. The last one's is
+	// the datagram's Header.Time.
+	Time time.Time
+}
 
 // A Decoder turns one received datagram into a value of the user's type T.
 // It runs on the stream's receive goroutine, one datagram at a time, so it

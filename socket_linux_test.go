@@ -300,7 +300,7 @@ func TestSocketModeCancel(t *testing.T) {
 // TestSocketModeOptions refuses, in socket mode, the options only a
 // packet socket can honour.
 func TestSocketModeOptions(t *testing.T) {
-	for _, o := range []Option{WithMonitor(), WithPortErrors(), WithDropErrors(), WithAnyDestination()} {
+	for _, o := range []Option{WithMonitor(), WithPortErrors(), WithDropErrors(), WithAnyDestination(), WithFragments()} {
 		_, err := Open(context.Background(), 9, Payload, WithMode(ModeSocket), o)
 		if !errors.Is(err, ErrOption) || !strings.Contains(err.Error(), "needs ring mode") {
 			t.Errorf("socket mode with a ring option: %v", err)

@@ -124,10 +124,11 @@ func Open[T any](ctx context.Context, port uint16, dec Decoder[T], opts ...Optio
 	}
 	s.tx = sys.newSender(cfg.send)
 	s.reasm = newReassembler(reassemblyConfig{
-		timeout:      cfg.reasmTimeout,
-		maxBytes:     cfg.reasmMemory,
-		maxFragments: cfg.reasmFragments,
-		maxPerSource: cfg.reasmPerSource,
+		timeout:       cfg.reasmTimeout,
+		maxBytes:      cfg.reasmMemory,
+		maxFragments:  cfg.reasmFragments,
+		maxPerSource:  cfg.reasmPerSource,
+		keepFragments: cfg.fragments,
 	})
 	for _, src := range sys.sources {
 		h := &handler[T]{
@@ -498,6 +499,11 @@ type handler[T any] struct {
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
 
+	// With WithFragments: the fragments of the datagram being finished,
+	// as the reassembler handed them over, and the decoder's views of them.
+	kept  []keptFragment
+	frags []Fragment
+
 	// ending is set once the stream has ended: frames still in the ring
 	// are classified and counted, and none is made into a Packet.
 	ending bool
@@ -577,14 +583,19 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 	}
 	// The monotonic clock, not the kernel's wall-clock stamp, so that a
 	// clock step cannot expire every datagram at once.
-	whole, n, v := h.reasm.add(h.p.Version, src, dst, &h.p.frag, time.Now())
+	var kept *[]keptFragment
+	if h.cfg.fragments {
+		h.p.frag.arrival = keptFragment{ip: h.p.ip, sec: m.sec, nsec: m.nsec, ifIndex: m.ifIndex}
+		kept = &h.kept
+	}
+	whole, n, v := h.reasm.add(h.p.Version, src, dst, &h.p.frag, time.Now(), kept)
 	if whole == nil {
 		if v != fragment {
 			return h.finish(ctx, v, m)
 		}
 		return nil
 	}
-	defer h.reasm.release(whole)
+	defer h.releaseWhole(whole)
 	v = classify(whole, h.fam, h.port, 0, &h.p)
 	if v == fragment {
 		v = dropMalformedFragment // a reassembled datagram is whole
@@ -594,6 +605,14 @@ func (h *handler[T]) handleOne(ctx context.Context, frame []byte, m *frameMeta) 
 		h.p.MF = h.p.Version == 4
 	}
 	return h.finish(ctx, v, m)
+}
+
+// releaseWhole gives a reassembled datagram and the fragments kept with
+// it back to the reassembler, once they have been decoded.
+func (h *handler[T]) releaseWhole(whole []byte) {
+	h.reasm.release(whole, h.kept)
+	clear(h.kept)
+	h.kept = h.kept[:0]
 }
 
 // finish delivers, surfaces or counts a classified datagram.
@@ -630,15 +649,34 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta) error 
 	return h.decodeInto(ctx, pkt, v, h.p.ip, h.p.udp, h.p.udp[udpHeaderLen:])
 }
 
+// fragmentViews returns the Datagram.Fragments of the datagram being
+// decoded: views of the fragments kept with it, nil for one that was not
+// reassembled (or with WithFragments off).
+func (h *handler[T]) fragmentViews() []Fragment {
+	if len(h.kept) == 0 {
+		return nil
+	}
+	h.frags = h.frags[:0]
+	for _, k := range h.kept {
+		h.frags = append(h.frags, Fragment{
+			IP:      k.ip[:len(k.ip):len(k.ip)],
+			IfIndex: k.ifIndex,
+			Time:    time.Unix(int64(k.sec), int64(k.nsec)),
+		})
+	}
+	return h.frags
+}
+
 // decodeInto decodes the datagram whose header pkt, the next entry of the
 // batch, holds, and takes pkt into the batch: the way of every datagram to
 // the channel, whichever the source. v is deliver, or dropOtherPort for
 // one WithPortErrors surfaces (counted already).
 func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, ip, udp, payload []byte) error {
 	pkt.tx = h.tx
-	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload}
+	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload, frags: h.fragmentViews()}
 	pkt.Value, pkt.Err = decode(h.dec, &h.d)
 	h.d = Datagram{}
+	clear(h.frags)
 	switch {
 	case v == dropOtherPort:
 		// Decoded all the same, so the caller can see what was sent;

@@ -31,10 +31,11 @@ func needProgram(t *testing.T, name, pkg string) {
 	t.Skip(why)
 }
 
-// captureSample runs the tool with -w and -json against datagrams with
-// chosen header fields, whole and fragmented, over both families, and
-// returns the capture file's path and the -json lines, in the order sent.
-func captureSample(t *testing.T) (string, []map[string]any) {
+// captureSample runs the tool with -w and -json (and the flags in more)
+// against datagrams with chosen header fields, whole and fragmented, over
+// both families, and returns the capture file's path and the -json lines,
+// in the order sent.
+func captureSample(t *testing.T, more ...string) (string, []map[string]any) {
 	t.Helper()
 	setLoopbackMTU(t, 1280)
 	file := filepath.Join(t.TempDir(), "sample.pcapng")
@@ -50,7 +51,7 @@ func captureSample(t *testing.T) (string, []map[string]any) {
 		{"udp6", sendOpts{ttl: 9, tos: 0x01}, big},           // ECT(1), in 3 fragments
 		{"udp4", sendOpts{ttl: 1, tos: 0xfd, df: -1}, []byte{}},
 	}
-	p := startRun(t, "-port", "0", "-json", "-w", file, "-count", strconv.Itoa(len(sends)))
+	p := startRun(t, append([]string{"-port", "0", "-json", "-w", file, "-count", strconv.Itoa(len(sends))}, more...)...)
 	port := p.port(t)
 	var lines []map[string]any
 	for _, s := range sends {
@@ -70,14 +71,11 @@ func captureSample(t *testing.T) (string, []map[string]any) {
 	return file, lines
 }
 
-// TestRunCapture checks -w with the test's own reader: one packet per
-// line, on the interface the line names, at the time it gives, holding
-// the whole IP datagram whose payload the line shows.
-func TestRunCapture(t *testing.T) {
-	if !inNetns(t) {
-		return
-	}
-	file, lines := captureSample(t)
+// readSample runs captureSample and reads the capture back with the
+// test's own reader: every packet on lo, raw IP.
+func readSample(t *testing.T, more ...string) (*capture, []map[string]any) {
+	t.Helper()
+	file, lines := captureSample(t, more...)
 	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
@@ -89,6 +87,17 @@ func TestRunCapture(t *testing.T) {
 	if len(c.ifaces) != 1 || c.ifaces[0].name != "lo" || c.ifaces[0].linkType != 101 {
 		t.Errorf("interfaces %+v, want lo alone, raw IP", c.ifaces)
 	}
+	return c, lines
+}
+
+// TestRunCapture checks -w with the test's own reader: one packet per
+// line, on the interface the line names, at the time it gives, holding
+// the whole IP datagram whose payload the line shows.
+func TestRunCapture(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	c, lines := readSample(t)
 	if len(c.packets) != len(lines) {
 		t.Fatalf("%d packets, %d lines", len(c.packets), len(lines))
 	}
@@ -110,6 +119,83 @@ func TestRunCapture(t *testing.T) {
 			t.Errorf("packet %d: IP length %d, %d bytes written", i, n, len(pk.data))
 		}
 	}
+}
+
+// TestRunCaptureFragments checks -w -w-fragments with the test's own
+// reader: a datagram that was not fragmented is one packet, as without
+// the flag; a fragmented one is as many packets as its line says
+// fragments, each a fragment on the line's interface, in the order
+// received, the last at the line's time, whose data put together is the
+// datagram the line shows.
+func TestRunCaptureFragments(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	c, lines := readSample(t, "-w-fragments")
+	pk := c.packets
+	fragmented := 0
+	for i, m := range lines {
+		n := int(m["fragments"].(float64))
+		if len(pk) < n {
+			t.Fatalf("line %d of %d fragments: %d packets left", i, n, len(pk))
+		}
+		frags := pk[:n]
+		pk = pk[n:]
+		ts, _ := time.Parse(time.RFC3339Nano, m["time"].(string))
+		payload, _ := hex.DecodeString(m["payload"].(string))
+		if !frags[n-1].time.Equal(ts) {
+			t.Errorf("line %d: last packet at %v, the line at %v", i, frags[n-1].time, ts)
+		}
+		if n == 1 {
+			if !bytes.HasSuffix(frags[0].data, payload) {
+				t.Errorf("line %d: packet of %d bytes, without the line's payload", i, len(frags[0].data))
+			}
+			continue
+		}
+		fragmented++
+		// Put the datagram together from the fragments' data, by offset.
+		var udp []byte
+		seen := map[int]bool{}
+		for j, f := range frags {
+			if j > 0 && f.time.Before(frags[j-1].time) {
+				t.Errorf("line %d: fragment %d at %v, before %v", i, j, f.time, frags[j-1].time)
+			}
+			off, more, data, ok := ipFragment(f.data)
+			if !ok || int(f.data[0]>>4) != int(m["family"].(float64)) || seen[off] {
+				t.Fatalf("line %d: packet %d is no new fragment of an IPv%v datagram: % x", i, j, m["family"], f.data[:min(len(f.data), 48)])
+			}
+			seen[off] = true
+			if end := off + len(data); end > len(udp) {
+				udp = append(udp, make([]byte, end-len(udp))...)
+			}
+			copy(udp[off:], data)
+			if !more && off+len(data) != len(udp) {
+				t.Errorf("line %d: the last fragment ends at %d, data reaches %d", i, off+len(data), len(udp))
+			}
+		}
+		if len(udp) != int(m["udp_len"].(float64)) || !bytes.Equal(udp[8:], payload) {
+			t.Errorf("line %d: the fragments hold %d bytes of UDP, the line %v with its payload", i, len(udp), m["udp_len"])
+		}
+	}
+	if len(pk) != 0 || fragmented == 0 {
+		t.Errorf("%d packets after the last line; %d lines fragmented", len(pk), fragmented)
+	}
+}
+
+// ipFragment returns the offset, the more-fragments flag and the data of
+// an IPv4 fragment, or of an IPv6 one whose Fragment header follows the
+// fixed header.
+func ipFragment(b []byte) (off int, more bool, data []byte, ok bool) {
+	switch {
+	case len(b) >= 20 && b[0]>>4 == 4:
+		fo := int(b[6])<<8 | int(b[7])
+		ihl := int(b[0]&15) * 4
+		return fo & 0x1fff * 8, fo&0x2000 != 0, b[ihl:], fo&0x3fff != 0
+	case len(b) >= 48 && b[0]>>4 == 6 && b[6] == 44:
+		fo := int(b[42])<<8 | int(b[43])
+		return fo &^ 7, fo&1 != 0, b[48:], true
+	}
+	return 0, false, nil, false
 }
 
 // tsharkFields are the fields asked of tshark, by the -json key each must
@@ -145,8 +231,40 @@ func TestCaptureTshark(t *testing.T) {
 		return
 	}
 	file, lines := captureSample(t)
+	checkTshark(t, file, lines, false)
+}
+
+// TestCaptureFragmentsTshark reads the -w -w-fragments file with tshark,
+// which must reassemble each datagram from the fragments written, in the
+// packet of its last one, and decode each field of the -json line to the
+// same value there, the count of fragments included.
+func TestCaptureFragmentsTshark(t *testing.T) {
+	needProgram(t, "tshark", "tshark")
+	if !inNetns(t) {
+		return
+	}
+	file, lines := captureSample(t, "-w-fragments")
+	checkTshark(t, file, lines, true)
+}
+
+// tsharkFragmentFields are the fields that show how tshark put a datagram
+// together: in each fragment's packet the number of the packet it was
+// reassembled in, and there the count of fragments.
+var tsharkFragmentFields = []string{"ip.reassembled_in", "ipv6.reassembled.in", "ip.fragment.count", "ipv6.fragment.count"}
+
+// checkTshark decodes file with tshark and compares each packet with its
+// -json line. With fragments, a fragmented datagram is the packets of its
+// fragments, compared on the last, which tshark reassembles it in.
+func checkTshark(t *testing.T, file string, lines []map[string]any, fragments bool) {
+	t.Helper()
 	args := []string{"-r", file, "-n", "-T", "fields", "-E", "separator=\t", "-E", "occurrence=a", "-E", "aggregator=,"}
 	var names []string
+	if fragments {
+		// Two passes: in one, a fragment does not yet know where it is
+		// reassembled.
+		args = append(args, "-2")
+		names = append(names, tsharkFragmentFields...)
+	}
 	for _, f := range tsharkFields {
 		for _, n := range []string{f.v4, f.v6} {
 			if n != "" && !slices.Contains(names, n) {
@@ -164,18 +282,44 @@ func TestCaptureTshark(t *testing.T) {
 		t.Fatalf("tshark %q: %v\n%s", args, err, out)
 	}
 	rows := strings.Split(strings.TrimSuffix(string(out), "\n"), "\n")
-	if len(rows) != len(lines) {
-		t.Fatalf("tshark decoded %d packets, the tool printed %d lines:\n%s", len(rows), len(lines), out)
+	packets := len(lines)
+	if fragments {
+		packets = 0
+		for _, m := range lines {
+			packets += int(m["fragments"].(float64))
+		}
 	}
-	for i, row := range rows {
-		cols := strings.Split(row, "\t")
+	if len(rows) != packets {
+		t.Fatalf("tshark decoded %d packets, the tool printed %d lines of %d packets:\n%s", len(rows), len(lines), packets, out)
+	}
+	row := 0
+	for i, m := range lines {
 		value := map[string]string{}
-		for j, n := range names {
-			if j < len(cols) {
-				value[n] = cols[j]
+		n := 1
+		if fragments {
+			n = int(m["fragments"].(float64))
+		}
+		last := row + n // tshark numbers packets from 1
+		for ; row < last; row++ {
+			cols := strings.Split(rows[row], "\t")
+			value = map[string]string{}
+			for j, name := range names {
+				if j < len(cols) {
+					value[name] = cols[j]
+				}
+			}
+			if n == 1 || row == last-1 {
+				continue
+			}
+			if in := value["ip.reassembled_in"] + value["ipv6.reassembled.in"]; in != strconv.Itoa(last) {
+				t.Errorf("packet %d, a fragment of line %d: tshark reassembled it in packet %q, want %d", row+1, i, in, last)
 			}
 		}
-		m := lines[i]
+		if n > 1 {
+			if c := value["ip.fragment.count"] + value["ipv6.fragment.count"]; c != strconv.Itoa(n) {
+				t.Errorf("packet %d, the last fragment of line %d: tshark counts %q fragments, -json %d", last, i, c, n)
+			}
+		}
 		for _, f := range tsharkFields {
 			name := f.v4
 			if m["family"] == 6.0 {

@@ -14,7 +14,7 @@
 //
 // Usage:
 //
-//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|kernel|socket]
+//	udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE [-w-fragments]] [-B KiB] [-mode ring|kernel|socket]
 //	udpstream -monitor -port N [...]
 //	udpstream -top [-port N] [-i IFACE] [-4 | -6] [-count N] [-echo] [-stats]
 //	udpstream -demo [-json] [-stats]
@@ -45,9 +45,13 @@
 // capture that Wireshark, tshark and tcpdump read: raw IP (LINKTYPE_RAW),
 // one interface description per interface with its name, nanosecond
 // timestamps from the kernel. A datagram that arrived in fragments is
-// written whole, reassembled, as one packet. -w - writes the capture to
-// stdout instead of the lines. With -w, delivered counts the datagrams
-// written to the capture.
+// written whole, reassembled, as one packet; with -w-fragments it is
+// written as the fragments it arrived in instead, each as received, in
+// the order received, with its own time and interface, as tcpdump would
+// have written them (a datagram that was not fragmented is written as
+// ever). -w - writes the capture to stdout instead of the lines. With -w,
+// delivered counts the datagrams written to the capture (with
+// -w-fragments, a datagram whose last fragment was written).
 //
 // -top shows, instead of the lines, a view of the terminal refreshed each
 // second: per source address the datagrams, their rate, the range and most
@@ -56,7 +60,9 @@
 // port normally share a path and a TTL, and spoofed ones rarely match it.
 // The drop counters are at the bottom. It draws on the alternate screen
 // with plain ANSI escapes, so that on exit (Ctrl-C included) the terminal
-// is as it was, with the summary below what was there.
+// is as it was, with the summary below what was there; a second Ctrl-C,
+// which ends it at once without the summary, gives the terminal back
+// first.
 //
 // -join GROUP joins a multicast group, IPv4 or IPv6, on the interface of
 // -i or on every interface that is up (and those that come up later), for
@@ -105,7 +111,8 @@ func main() {
 	signal.Ignore(syscall.SIGPIPE)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	// After the first signal has asked for a clean end, a second one ends
-	// the program at once, as the user expects of a second Ctrl-C.
+	// the program at once, as the user expects of a second Ctrl-C (-top
+	// holds the signals while it is on the screen, to leave it first).
 	context.AfterFunc(ctx, stop)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
@@ -133,6 +140,7 @@ type options struct {
 	demo       bool
 	monitor    bool
 	write      string // -w: the capture file, "-" for stdout
+	wFragments bool   // -w-fragments: each fragment as received, not the datagram reassembled
 	top        bool
 	bufferKiB  int          // -B: the kernel ring per family
 	mode       string       // -mode: "ring", "socket", or "" to choose
@@ -167,6 +175,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 	fs.BoolVar(&o.stats, "stats", false, "print counters as one JSON object on stderr at exit")
 	fs.BoolVar(&o.demo, "demo", false, "send datagrams to itself over 127.0.0.1, ::1 and the mDNS group on loopback, print them and exit")
 	fs.StringVar(&o.write, "w", "", "write each delivered datagram to a pcapng `file` (\"-\": stdout, instead of the lines): the whole IP datagram, reassembled when it came in fragments")
+	fs.BoolVar(&o.wFragments, "w-fragments", false, "with -w, write a datagram that arrived in fragments as those fragments, each as received with its own time and interface, instead of reassembled")
 	fs.BoolVar(&o.top, "top", false, "show a live view in the terminal instead of the lines: per source address the datagrams, rate, TTL range (marked when it varies) and ECN marks; and the drops")
 	fs.IntVar(&o.bufferKiB, "B", defaultBufferKiB, "kernel receive ring per address family, in `KiB`")
 	fs.BoolVar(&o.monitor, "monitor", false, "observe a port another process owns, without reserving it (needs -port N; no -echo)")
@@ -185,7 +194,7 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE] [-B KiB] [-mode ring|kernel|socket]")
+			fmt.Fprintln(stderr, "usage: udpstream [-port N] [-i IFACE] [-4 | -6] [-join GROUP]... [-json] [-count N] [-port-errors] [-echo] [-stats] [-w FILE [-w-fragments]] [-B KiB] [-mode ring|kernel|socket]")
 			fmt.Fprintln(stderr, "       udpstream -monitor -port N [...]   (a port another process owns)")
 			fmt.Fprintln(stderr, "       udpstream -top [...]               (a live view of the sources)")
 			fmt.Fprintln(stderr, "       udpstream -demo [-json] [-stats]")
@@ -219,6 +228,8 @@ func parseArgs(args []string, stderr io.Writer) (options, error) {
 		return o, usageError("-w - writes the capture to stdout and -port-errors prints lines, which it leaves out: give -w a file name")
 	case slices.Contains(given, "w") && o.write == "":
 		return o, usageError("-w needs a file name, or - for stdout")
+	case o.wFragments && o.write == "":
+		return o, usageError("-w-fragments says how -w writes fragmented datagrams: give -w FILE too")
 	case o.top && (o.json || o.write != ""):
 		return o, usageError("-top draws the terminal instead of printing lines: it takes neither -json nor -w")
 	case o.mode != "" && o.mode != "ring" && o.mode != "kernel" && o.mode != "socket":
@@ -265,6 +276,9 @@ func (o options) streamOptions() []udpstream.Option {
 	if o.monitor {
 		opts = append(opts, udpstream.WithMonitor())
 	}
+	if o.wFragments {
+		opts = append(opts, udpstream.WithFragments())
+	}
 	switch {
 	case o.mode == "socket":
 		opts = append(opts, udpstream.WithMode(udpstream.ModeSocket))
@@ -303,9 +317,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 const outputBuffer = 64 << 10
 
 // datagram is what the command keeps of each datagram: its payload, and
-// with -w the whole IP datagram too.
+// with -w the whole IP datagram too, or with -w-fragments the fragments it
+// arrived in.
 type datagram struct {
-	ip      []byte // with -w: the bytes udpstream.Raw returns
+	ip      []byte // with -w: the bytes udpstream.Raw returns; nil where frags are written instead
+	frags   []udpstream.Fragment
 	payload []byte
 }
 
@@ -315,14 +331,31 @@ func decodePayload(d *udpstream.Datagram) (datagram, error) {
 	return datagram{payload: p}, err
 }
 
-// decodeCapture keeps the whole IP datagram, reassembled, and the
-// payload, in one allocation.
+// decodeCapture keeps the payload, and the whole IP datagram, reassembled,
+// or, on a stream opened udpstream.WithFragments, the fragments it arrived
+// in, all in one allocation.
 func decodeCapture(d *udpstream.Datagram) (datagram, error) {
-	ip, payload := d.IP(), d.Payload()
-	b := make([]byte, len(ip)+len(payload))
-	copy(b, ip)
-	copy(b[len(ip):], payload)
-	return datagram{ip: b[:len(ip):len(ip)], payload: b[len(ip):]}, nil
+	var dg datagram
+	ip, frags := d.IP(), d.Fragments()
+	if len(frags) > 0 {
+		ip = nil
+		dg.frags = make([]udpstream.Fragment, len(frags))
+	}
+	n := len(ip) + len(d.Payload())
+	for _, f := range frags {
+		n += len(f.IP)
+	}
+	b := make([]byte, 0, n)
+	keep := func(v []byte) []byte {
+		b = append(b, v...)
+		return b[len(b)-len(v) : len(b) : len(b)]
+	}
+	dg.ip = keep(ip)
+	for i, f := range frags {
+		dg.frags[i] = udpstream.Fragment{IP: keep(f.IP), IfIndex: f.IfIndex, Time: f.Time}
+	}
+	dg.payload = keep(d.Payload())
+	return dg, nil
 }
 
 // output is where listen writes: lines on stdout and a capture file, each
@@ -368,14 +401,19 @@ func newOutput(o options, stdout io.Writer) (*output, error) {
 }
 
 // packet writes p's line and, if it is a delivered datagram, its capture
-// record.
+// records: the datagram, or the fragments it arrived in.
 func (out *output) packet(p udpstream.Packet[datagram]) error {
 	if out.capture != nil && p.Err == nil {
-		name := out.names.name(p.Header.IfIndex, time.Now())
-		b := out.capture.packet(p.Header.IfIndex, name, p.Header.Time, p.Value.ip)
-		out.captured.add(len(b), true)
-		if _, err := out.captureBuf.Write(b); err != nil {
-			return out.captureError(err)
+		for i, f := range p.Value.frags {
+			// The datagram is in the capture once its last fragment is.
+			if err := out.record(f.IfIndex, f.Time, f.IP, i == len(p.Value.frags)-1); err != nil {
+				return err
+			}
+		}
+		if p.Value.frags == nil {
+			if err := out.record(p.Header.IfIndex, p.Header.Time, p.Value.ip, true); err != nil {
+				return err
+			}
 		}
 	}
 	if out.lines != nil {
@@ -387,6 +425,18 @@ func (out *output) packet(p udpstream.Packet[datagram]) error {
 		if _, err := out.lineBuf.Write(line); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// record writes one packet of the capture, received on interface ifindex
+// at the given time; last says it completes a delivered datagram.
+func (out *output) record(ifindex int, at time.Time, ip []byte, last bool) error {
+	name := out.names.name(ifindex, time.Now())
+	b := out.capture.packet(ifindex, name, at, ip)
+	out.captured.add(len(b), last)
+	if _, err := out.captureBuf.Write(b); err != nil {
+		return out.captureError(err)
 	}
 	return nil
 }

@@ -46,6 +46,10 @@ func TestUsageErrors(t *testing.T) {
 		{[]string{"-w", "-", "-json"}, "-w - writes the capture to stdout, where -json would print"},
 		{[]string{"-w", "-", "-port-errors"}, "give -w a file name"},
 		{[]string{"-w", ""}, "-w needs a file name, or - for stdout"},
+		{[]string{"-w-fragments"}, "-w-fragments says how -w writes fragmented datagrams: give -w FILE too"},
+		{[]string{"-json", "-w-fragments"}, "give -w FILE too"},
+		{[]string{"-top", "-w-fragments"}, "give -w FILE too"},
+		{[]string{"-mode", "socket", "-w", "x.pcapng", "-w-fragments"}, "which -mode socket does not receive"},
 		{[]string{"-demo", "-w", "x.pcapng"}, "-demo takes only -json and -stats, not -w"},
 		{[]string{"-top", "-json"}, "-top draws the terminal instead of printing lines"},
 		{[]string{"-top", "-w", "x.pcapng"}, "it takes neither -json nor -w"},
@@ -78,7 +82,7 @@ func TestHelp(t *testing.T) {
 	if code := run(context.Background(), []string{"-h"}, &stdout, &stderr); code != exitOK {
 		t.Errorf("exit status %d, want 0", code)
 	}
-	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-top", "-mode"} {
+	for _, flag := range []string{"-port", "-i", "-4", "-6", "-json", "-count", "-port-errors", "-echo", "-stats", "-demo", "-monitor", "-w", "-w-fragments", "-top", "-mode"} {
 		if !strings.Contains(stderr.String(), "  "+flag) {
 			t.Errorf("help does not list %s:\n%s", flag, stderr.String())
 		}
@@ -101,6 +105,7 @@ func TestStreamOptions(t *testing.T) {
 		{[]string{"-mode", "ring"}, 1},
 		{[]string{"-mode", "socket", "-4"}, 3},
 		{[]string{"-w", "x.pcapng"}, 1},
+		{[]string{"-w", "x.pcapng", "-w-fragments"}, 2},
 	} {
 		o, err := parseArgs(tc.args, nil)
 		if err != nil {

@@ -14,8 +14,9 @@ import (
 // version nibble, so that one interface needs one description whatever
 // the families on it (LINKTYPE_IPV4 and LINKTYPE_IPV6 would need two).
 //
-// The writer only lays blocks out; what it is given to write (today each
-// datagram whole, reassembled) and when it is flushed is the caller's.
+// The writer only lays blocks out; what it is given to write (each
+// datagram whole, reassembled, or with -w-fragments each fragment as it
+// came) and when it is flushed is the caller's.
 
 // pcapng block types and options.
 const (

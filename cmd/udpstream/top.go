@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"os"
+	"os/signal"
 	"slices"
 	"strings"
+	"sync"
+	"syscall"
 	"time"
 
 	"github.com/udpstream/udpstream"
@@ -207,16 +211,102 @@ func truncate(s string, width int) string {
 	return s
 }
 
+// screen is the terminal while the view is on it. It is left once, by
+// whichever comes first: the end of the view, or a signal that ends the
+// program before the view has ended (see holdSignals).
+type screen struct {
+	mu   sync.Mutex
+	w    io.Writer
+	left bool
+}
+
+// Write draws b, unless the screen has been left.
+func (sc *screen) Write(b []byte) (int, error) {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if sc.left {
+		return len(b), nil
+	}
+	return sc.w.Write(b)
+}
+
+// leave gives the terminal back as it was: cursor shown, main screen.
+func (sc *screen) leave() {
+	sc.mu.Lock()
+	defer sc.mu.Unlock()
+	if !sc.left {
+		sc.left = true
+		io.WriteString(sc.w, escLeave)
+	}
+}
+
+// leaveTimeout bounds the wait for the screen to be left before a second
+// signal ends the program: a terminal whose output is stopped (Ctrl-S, a
+// stalled ssh) must not keep a second Ctrl-C from ending it.
+const leaveTimeout = time.Second
+
+// holdSignals keeps SIGINT and SIGTERM from ending the program while the
+// view is on the screen, and returns the function that lets go. The first
+// one asks for a clean end, which main's context sees and which ends the
+// view; a second one, which main leaves to end the program at once, now
+// ends it at once as well, by the same signal, but only after leaving the
+// screen: without this, a second Ctrl-C while the stream closes would
+// leave the terminal on the alternate screen with the cursor hidden.
+func (sc *screen) holdSignals() (release func()) {
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() {
+		seen := 0
+		for {
+			select {
+			case sig := <-sigs:
+				if seen++; seen < 2 {
+					continue
+				}
+				left := make(chan struct{})
+				go func() {
+					sc.leave()
+					close(left)
+				}()
+				select {
+				case <-left:
+				case <-time.After(leaveTimeout):
+				}
+				dieBy(sig)
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() {
+		signal.Stop(sigs)
+		close(done)
+	}
+}
+
+// dieBy ends the program by sig, as the signal's default action would,
+// so that a shell sees it interrupted.
+func dieBy(sig os.Signal) {
+	signal.Reset(sig)
+	if p, err := os.FindProcess(os.Getpid()); err == nil && p.Signal(sig) == nil {
+		time.Sleep(leaveTimeout) // the signal is on its way
+	}
+	os.Exit(exitRuntime)
+}
+
 // runTop shows the view on w until ch closes or count datagrams arrived,
 // calling each (if not nil) for every datagram, and returns the number of
-// datagrams counted. The terminal is left as it
-// was found whatever ends the view.
-func runTop(ch <-chan udpstream.Packet[datagram], w io.Writer, port uint16, count int,
+// datagrams counted. The terminal is left as it was found whatever ends
+// the view, signals included.
+func runTop(ch <-chan udpstream.Packet[datagram], out io.Writer, port uint16, count int,
 	stats func() udpstream.Stats, height func() int, each func(udpstream.Packet[datagram])) (uint64, error) {
+	w := &screen{w: out}
+	defer w.holdSignals()()
 	if _, err := io.WriteString(w, escEnter); err != nil {
 		return 0, err
 	}
-	defer io.WriteString(w, escLeave)
+	defer w.leave()
 	v := newTopView(port, time.Now())
 	tick := time.NewTicker(topRefresh)
 	defer tick.Stop()

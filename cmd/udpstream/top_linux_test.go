@@ -11,7 +11,8 @@ import (
 // TestTopTmux runs -top in an 80×24 tmux pane, as over ssh: the screen
 // shows each source, the one whose TTL varies marked; Ctrl-C ends it and
 // leaves the pane as it was, main screen and cursor back, with the
-// summary.
+// summary. Run again, it is given two Ctrl-C in quick succession, the
+// second while the first's clean end is under way: the pane is as clean.
 func TestTopTmux(t *testing.T) {
 	needProgram(t, "tmux", "tmux")
 	bin := tool(t)
@@ -28,10 +29,18 @@ func TestTopTmux(t *testing.T) {
 		return string(out)
 	}
 	const port = 5555 // the namespace is the test's own: any port is free
-	tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", "top",
-		"env TERM=xterm-256color "+bin+" -top -port 5555; echo EXITED; sleep 60")
+	start := func(session string) {
+		t.Helper()
+		// The shell traps SIGINT (a handler, which the tool does not
+		// inherit), so that it outlives a tool the signal ends and the
+		// pane stays as the tool left it.
+		tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session,
+			"trap : INT; env TERM=xterm-256color "+bin+" -top -port 5555; echo EXITED $?; sleep 60")
+	}
+	start("top")
 	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
-	pane := func() string { return tmux("capture-pane", "-p", "-t", "top") }
+	session := "top"
+	pane := func() string { return tmux("capture-pane", "-p", "-t", session) }
 	waitFor := func(what string, ok func(string) bool) string {
 		t.Helper()
 		deadline := time.Now().Add(waitTime)
@@ -91,18 +100,39 @@ func TestTopTmux(t *testing.T) {
 
 	tmux("send-keys", "-t", "top", "C-c")
 	after := waitFor("exit", func(s string) bool { return strings.Contains(s, "EXITED") })
-	for _, gone := range []string{"udpstream -top", "SOURCE", "127.0.0.1", "TTL varies"} {
-		if strings.Contains(after, gone) {
-			t.Errorf("after exit the pane still shows %q:\n%s", gone, after)
-		}
-	}
 	for _, want := range []string{"udpstream: listening on port 5555", "udpstream: 9 datagrams delivered", "EXITED"} {
 		if !strings.Contains(after, want) {
 			t.Errorf("after exit the pane lacks %q:\n%s", want, after)
 		}
 	}
-	got := strings.TrimSpace(tmux("display", "-p", "-t", "top", "#{alternate_on} #{cursor_flag}"))
-	if got != "0 1" {
-		t.Errorf("after exit: alternate screen and cursor flags %q, want main screen and the cursor shown (0 1)", got)
+	checkClean := func(after string) {
+		t.Helper()
+		for _, gone := range []string{"udpstream -top", "SOURCE", "127.0.0.1", "TTL varies"} {
+			if strings.Contains(after, gone) {
+				t.Errorf("after exit the pane still shows %q:\n%s", gone, after)
+			}
+		}
+		got := strings.TrimSpace(tmux("display", "-p", "-t", session, "#{alternate_on} #{cursor_flag}"))
+		if got != "0 1" {
+			t.Errorf("after exit: alternate screen and cursor flags %q, want main screen and the cursor shown (0 1)", got)
+		}
+	}
+	checkClean(after)
+
+	// Two Ctrl-C: the second lands while the stream is closing.
+	session = "top2"
+	start(session)
+	waitFor("view", func(s string) bool { return strings.Contains(s, "udpstream -top  port 5555") })
+	send(t, sender(t, "udp4", sendOpts{}), loopback("udp4", port), []byte("top"))
+	waitFor("the source", func(s string) bool { return strings.Contains(s, "127.0.0.1 ") })
+	tmux("send-keys", "-t", session, "C-c")
+	time.Sleep(5 * time.Millisecond)
+	tmux("send-keys", "-t", session, "C-c")
+	after = waitFor("exit", func(s string) bool { return strings.Contains(s, "EXITED") })
+	checkClean(after)
+	// Ended by the second signal (130), or cleanly (0) if the first had
+	// done its work before the second came.
+	if !strings.Contains(after, "EXITED 130") && !strings.Contains(after, "EXITED 0") {
+		t.Errorf("after two Ctrl-C, want exit status 130 or 0:\n%s", after)
 	}
 }
