@@ -73,6 +73,47 @@ func TestKernelMode(t *testing.T) {
 	}
 }
 
+// TestKernelModeInterface binds a kernel-verdict stream to one interface,
+// where the kernel hands a datagram to the stream's UDP socket before its
+// packet socket (a packet socket bound to a device comes after the IP
+// layer in the kernel's list): datagrams still pair, and those that
+// arrive elsewhere are neither delivered nor counted.
+func TestKernelModeInterface(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithInterface("in0"))
+	h4 := v4()
+	h4.src, h4.dst = netip.MustParseAddr("192.0.2.7").As4(), netip.MustParseAddr("192.0.2.10").As4()
+	h6 := v6()
+	h6.src, h6.dst = netip.MustParseAddr("2001:db8::7").As16(), netip.MustParseAddr("2001:db8::10").As16()
+	const n = 200
+	for i := range n {
+		payload := []byte(fmt.Sprint(i))
+		if i%2 == 0 {
+			in.send(t, h4.udp(4000, s.Port(), payload))
+		} else {
+			in.send(t, h6.udp(4000, s.Port(), payload))
+		}
+	}
+	sendTo(t, udpSender(t, "udp4", 64, 0), "127.0.0.1", s.Port(), []byte("on lo"))
+	in0 := iface(t, "in0").Index
+	seen := map[string]bool{}
+	for range n {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if p.Err != nil || seen[string(p.Value)] || p.Header.IfIndex != in0 {
+			t.Fatalf("%q: %v, seen before %v, ifindex %d", p.Value, p.Err, seen[string(p.Value)], p.Header.IfIndex)
+		}
+		seen[string(p.Value)] = true
+	}
+	expectNone(t, s.Packets(), 200*time.Millisecond)
+	if st := settled(t, s); st.Delivered != n || st.Dropped()-st.NotUDP != 0 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
 // TestKernelModeFragments lowers loopback's MTU so that large datagrams
 // travel in fragments: the reassembled datagram pairs with the kernel's on
 // the receive time of its last fragment.

@@ -16,10 +16,13 @@
 // passes only UDP for the port (and IP fragments, which it reassembles),
 // through a memory-mapped ring. A UDP socket bound to the port reserves it,
 // so the kernel does not answer ICMP port unreachable, and carries replies
-// (Packet.Reply). It needs CAP_NET_RAW. Socket mode (WithMode) needs no
-// privilege: it receives through that UDP socket instead, with the
-// header fields its control messages carry. On other systems Listen
-// returns an error wrapping errors.ErrUnsupported.
+// (Packet.Reply). It needs CAP_NET_RAW. The packet sockets see traffic
+// before the host's firewall; kernel-verdict mode (WithMode(ModeKernel))
+// delivers a datagram only once the kernel has delivered it to that UDP
+// socket too, so that the firewall and every rule of the kernel's decide.
+// Socket mode needs no privilege: it receives through that UDP socket
+// alone, with the header fields its control messages carry. On other
+// systems Listen returns an error wrapping errors.ErrUnsupported.
 //
 // What reaches the channel is what the kernel would hand a UDP socket bound
 // to the unspecified address: well-formed datagrams to the port whose
