@@ -122,15 +122,7 @@ func TestKernelModeFragments(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	ip(t, "link", "set", "lo", "mtu", "1280")
-	s := openT(t, 0, Payload, WithMode(ModeKernel))
-	ring := openT(t, s.Port(), Payload, WithMonitor())
-	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
-	big4, big6 := bigPayload(3000, 4), bigPayload(5000, 6)
-	sendTo(t, c4, "127.0.0.1", s.Port(), big4)
-	sendTo(t, c6, "::1", s.Port(), big6)
-	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("small"))
-	got, rh := byPayload(t, s.Packets(), 3), byPayload(t, ring.Packets(), 3)
+	s, got, rh, big4, big6 := fragmentsBesideRing(t, ModeKernel)
 	for k, h := range got {
 		checkSameHeader(t, fmt.Sprintf("ipv%d, %d bytes", h.Version, len(k)), h, rh[k])
 	}

@@ -163,6 +163,24 @@ func TestSocketMode(t *testing.T) {
 	}
 }
 
+// fragmentsBesideRing lowers loopback's MTU, opens a stream in mode with
+// a ring-mode monitor of its port beside it, and sends two datagrams that
+// travel in fragments, one over each family, and a small one. It returns
+// the stream, the headers each received by payload, and the two large
+// payloads.
+func fragmentsBesideRing(t *testing.T, mode Mode) (s *Stream[[]byte], got, ring map[string]Header, big4, big6 []byte) {
+	t.Helper()
+	ip(t, "link", "set", "lo", "mtu", "1280")
+	s = openT(t, 0, Payload, WithMode(mode))
+	monitor := openT(t, s.Port(), Payload, WithMonitor())
+	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
+	big4, big6 = bigPayload(3000, 4), bigPayload(5000, 6)
+	sendTo(t, c4, "127.0.0.1", s.Port(), big4)
+	sendTo(t, c6, "::1", s.Port(), big6)
+	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("small"))
+	return s, byPayload(t, s.Packets(), 3), byPayload(t, monitor.Packets(), 3), big4, big6
+}
+
 // TestSocketModeFragments lowers loopback's MTU so that large datagrams
 // travel in fragments: socket mode receives them whole, marked as
 // fragmented with a lower bound of the count.
@@ -171,15 +189,7 @@ func TestSocketModeFragments(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	ip(t, "link", "set", "lo", "mtu", "1280")
-	s := openT(t, 0, Payload, WithMode(ModeSocket))
-	ring := openT(t, s.Port(), Payload, WithMonitor())
-	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
-	big4, big6 := bigPayload(3000, 4), bigPayload(5000, 6)
-	sendTo(t, c4, "127.0.0.1", s.Port(), big4)
-	sendTo(t, c6, "::1", s.Port(), big6)
-	sendTo(t, c4, "127.0.0.1", s.Port(), []byte("small"))
-	sock, rh := byPayload(t, s.Packets(), 3), byPayload(t, ring.Packets(), 3)
+	_, sock, rh, big4, big6 := fragmentsBesideRing(t, ModeSocket)
 	for k, h := range sock {
 		checkAgainstRing(t, fmt.Sprintf("ipv%d, %d bytes", h.Version, len(k)), h, rh[k])
 	}
