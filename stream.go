@@ -630,6 +630,9 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta) error 
 		return h.surface(ctx, m, dropErrs[v])
 	default:
 		h.counts.drops[v].Add(1)
+		if v == dropBadUDPChecksum && h.kv != nil {
+			h.kv.v.checksumDrops.Add(1)
+		}
 		return nil
 	}
 	// In kernel-verdict mode the kernel's delivery to the socket says

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"hash/maphash"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -80,6 +81,7 @@ type tableEntry struct {
 	ts    int64 // kernel receive time, ns since the epoch
 	at    int64 // when the entry was added, on the monotonic clock
 	wall  int64 // the same, ns since the epoch
+	rx    int64 // for a twin, the kernel's receive time; ts may be 0 (see pairTime)
 	seq   uint64
 	ref   int32
 	fam   uint8
@@ -117,7 +119,7 @@ func (t *keyTable) full() bool { return t.free < 0 }
 func (t *keyTable) len() int { return t.n }
 
 // add inserts an entry and returns its index, or -1 when the table is full.
-func (t *keyTable) add(k twinKey, ts, at, wall int64, fam uint8, ref int32) int32 {
+func (t *keyTable) add(k twinKey, ts, at, wall, rx int64, fam uint8, ref int32) int32 {
 	i := t.free
 	if i < 0 {
 		return -1
@@ -126,7 +128,7 @@ func (t *keyTable) add(k twinKey, ts, at, wall int64, fam uint8, ref int32) int3
 	t.free = e.next
 	b := k.bucket(ts, t.bits)
 	t.seq++
-	*e = tableEntry{key: k, ts: ts, at: at, wall: wall, seq: t.seq, ref: ref, fam: fam, next: t.buckets[b], older: t.newest, newer: -1}
+	*e = tableEntry{key: k, ts: ts, at: at, wall: wall, rx: rx, seq: t.seq, ref: ref, fam: fam, next: t.buckets[b], older: t.newest, newer: -1}
 	t.buckets[b] = i
 	if t.newest >= 0 {
 		t.ents[t.newest].newer = i
@@ -238,6 +240,12 @@ type verdicts struct {
 	dropsSeen   uint64 // the socket's drop count when last read
 	overflow    uint64 // socket drops not yet set against a datagram without twin
 
+	// Datagrams the ring dropped for a bad UDP checksum, which the
+	// socket drops and counts too, and how many of them its count has
+	// shown.
+	checksumDrops atomic.Uint64
+	checksumSeen  uint64
+
 	socketOnly atomic.Uint64 // twins whose ring datagram never came
 	pairs      atomic.Uint64
 
@@ -298,10 +306,24 @@ func (v *verdicts) owner(fam uint8) int {
 	return len(v.owners) - 1
 }
 
+// pairTime is the receive time a datagram pairs on: rx, the kernel's, or
+// 0 for one that came in fragments. For those the kernel's time is its
+// reassembly queue's, which a duplicate fragment can leave other than
+// that of the fragment that completed the datagram; they pair on the
+// rest of the key, in the order they came.
+func pairTime(rx int64, fragmented bool) int64 {
+	if fragmented {
+		return 0
+	}
+	return rx
+}
+
 // twin takes one twin read from the socket at time at (wall on the
-// wall clock): it pairs it with the ring datagram it stands for, or keeps
-// it for one not yet taken. Called with mu held.
-func (v *verdicts) twin(k twinKey, ts, at, wall int64, fam uint8) {
+// wall clock), received by the kernel at rx: it pairs it with the ring
+// datagram it stands for, or keeps it for one not yet taken. Called with
+// mu held.
+func (v *verdicts) twin(k twinKey, rx int64, fragmented bool, at, wall int64, fam uint8) {
+	ts := pairTime(rx, fragmented)
 	if e, ok := v.held.take(k, ts); ok {
 		v.pair(e.ref, at)
 		return
@@ -310,7 +332,7 @@ func (v *verdicts) twin(k twinKey, ts, at, wall int64, fam uint8) {
 		v.twins.remove(v.twins.oldest)
 		v.socketOnly.Add(1)
 	}
-	v.twins.add(k, ts, at, wall, fam, 0)
+	v.twins.add(k, ts, at, wall, rx, fam, 0)
 }
 
 // pair marks held datagram ref paired at time at. Called with mu held.
@@ -344,7 +366,7 @@ func (v *verdicts) sweep() {
 		e := v.twins.entry(v.twins.oldest)
 		for _, o := range v.owners {
 			if o.fam == e.fam && o.emptyAt < e.at+int64(twinGrace) &&
-				o.lastTS < e.wall+int64(twinGrace) && o.lastTS < e.ts+int64(twinLate) {
+				o.lastTS < e.wall+int64(twinGrace) && o.lastTS < e.rx+int64(twinLate) {
 				return
 			}
 		}
@@ -380,12 +402,17 @@ func (v *verdicts) refused(o *twinOwner, seq uint64, at int64) bool {
 
 // refusal returns the drop verdict of a ring datagram without twin: the
 // kernel refused it, unless the socket dropped datagrams for want of room
-// that no other datagram without twin accounts for.
+// that no other datagram without twin accounts for. Called with mu held.
 func (v *verdicts) refusal() verdict {
 	if v.overflow == 0 {
 		if d := v.sock.drops(); d > v.dropsSeen {
-			v.overflow += d - v.dropsSeen
+			n := d - v.dropsSeen
 			v.dropsSeen = d
+			// The socket's count includes the datagrams that failed
+			// its checksum, which the ring dropped and counted already.
+			bad := min(n, v.checksumDrops.Load()-v.checksumSeen)
+			v.checksumSeen += bad
+			v.overflow += n - bad
 		}
 	}
 	if v.overflow > 0 {
@@ -428,7 +455,8 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 	kv := h.kv
 	pkt, counted := &h.batch[h.n], h.counted[h.n]
 	k := makeTwinKey(kv.v.seed, pkt.Header.Src, pkt.Header.Dst, len(payload), payload)
-	ts := pkt.Header.Time.UnixNano()
+	rx := pkt.Header.Time.UnixNano()
+	ts := pairTime(rx, pkt.Header.Fragments > 1 || slices.Contains(pkt.Header.ExtHeaders, nhFragment))
 	if kv.count == len(kv.slots) {
 		// Full: make room, which may use the batch.
 		p := *pkt
@@ -457,13 +485,13 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 	v := kv.v
 	s.at = v.now()
 	v.mu.Lock()
-	kv.own.lastTS = max(kv.own.lastTS, ts)
+	kv.own.lastTS = max(kv.own.lastTS, rx)
 	kv.own.seqs[i] = kv.seq
 	if _, ok := v.twins.take(k, ts); ok {
 		s.entry = -1
 		v.pair(int32(kv.id<<16|i), s.at)
 	} else {
-		s.entry = v.held.add(k, ts, s.at, 0, h.fam, int32(kv.id<<16|i))
+		s.entry = v.held.add(k, ts, s.at, 0, rx, h.fam, int32(kv.id<<16|i))
 	}
 	v.mu.Unlock()
 	if kv.count%settleHeld == 0 {

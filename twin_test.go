@@ -33,7 +33,7 @@ func TestKeyTable(t *testing.T) {
 		switch op := rng.IntN(3); {
 		case op == 0 && len(model) < capacity:
 			e := ent{keys[rng.IntN(len(keys))], int64(rng.IntN(4)), int32(step), step}
-			slot[e.ref] = tab.add(e.key, e.ts, 0, 0, 4, e.ref)
+			slot[e.ref] = tab.add(e.key, e.ts, 0, 0, 0, 4, e.ref)
 			model = append(model, e)
 		case op == 1:
 			k, ts := keys[rng.IntN(len(keys))], int64(rng.IntN(4))
@@ -65,7 +65,7 @@ func TestKeyTable(t *testing.T) {
 			t.Fatalf("step %d: age list %v, want %v", step, ages, want)
 		}
 	}
-	if tab.add(keys[0], 0, 0, 0, 4, 0) >= 0 == tab.full() {
+	if tab.add(keys[0], 0, 0, 0, 0, 4, 0) >= 0 == tab.full() {
 		t.Fatal("add disagrees with full")
 	}
 }

@@ -20,6 +20,9 @@ var twinOptions = []sockOpt{
 	{unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, "SO_TIMESTAMPNS", false},
 	{unix.IPPROTO_IP, unix.IP_PKTINFO, "IP_PKTINFO", false},
 	{unix.IPPROTO_IPV6, unix.IPV6_RECVPKTINFO, "IPV6_RECVPKTINFO", true},
+	// Whether the datagram came in fragments (see pairTime).
+	{unix.IPPROTO_IP, unix.IP_RECVFRAGSIZE, "IP_RECVFRAGSIZE", false},
+	{unix.IPPROTO_IPV6, unix.IPV6_RECVFRAGSIZE, "IPV6_RECVFRAGSIZE", true},
 }
 
 // twinReads bounds the recvmmsg calls of one readTwins: a socket that
@@ -95,7 +98,7 @@ func (us *udpSocket) readTwins(v *verdicts) {
 			us.header(&v.scratch, i, v.port, n)
 			prefix := us.bufs[i*us.slot : i*us.slot+min(n, us.slot)]
 			k := makeTwinKey(v.seed, v.scratch.Src, v.scratch.Dst, n, prefix)
-			v.twin(k, v.scratch.Time.UnixNano(), at, wall, v.scratch.Version)
+			v.twin(k, v.scratch.Time.UnixNano(), !v.scratch.Known(FieldFragments), at, wall, v.scratch.Version)
 		}
 		if us.n < socketBatch {
 			v.sockEmptyAt = before
