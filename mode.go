@@ -37,8 +37,12 @@ const (
 	// dropped and counted in Stats.Rejected. Delivery then follows the
 	// host's firewall and every rule of the kernel's, at the cost of
 	// reading each datagram twice and of the wait for its twin (see the
-	// README for the figures). It needs CAP_NET_RAW and a socket of the
-	// stream's own: WithMonitor and WithAnyDestination are refused.
+	// README for the figures). A datagram waits for its twin until the
+	// socket has been found empty, or a later datagram of its ring has
+	// paired, 10 ms after it was taken, so a verdict the kernel gives later
+	// than that (an nftables queue rule waiting on a program) counts as a
+	// refusal. It needs CAP_NET_RAW and a socket of the stream's own:
+	// WithMonitor and WithAnyDestination are refused.
 	ModeKernel
 )
 
