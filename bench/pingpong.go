@@ -21,7 +21,7 @@ import (
 )
 
 // The ping-pong servers, in table order; the first is the baseline.
-var pingServers = []string{recvUDPConn, recvUDPStream}
+var pingServers = []string{recvUDPConn, recvUDPConnChan, recvUDPStream}
 
 // pingWarmup round trips precede the timed ones.
 const pingWarmup = 50
@@ -55,14 +55,17 @@ type pingReport struct {
 
 // pingSummary is one server's ping-pong figures over the rounds.
 type pingSummary struct {
-	Server   string   `json:"server"`
-	Rounds   int      `json:"rounds"`
-	Lost     int      `json:"lost"`
-	P50NS    figure   `json:"p50_ns"`
-	P50Ratio figure   `json:"p50_ratio"`
-	P99NS    figure   `json:"p99_ns"`
-	P99Ratio figure   `json:"p99_ratio"`
-	Errors   []string `json:"errors,omitempty"`
+	Server   string `json:"server"`
+	Rounds   int    `json:"rounds"`
+	Lost     int    `json:"lost"`
+	P50NS    figure `json:"p50_ns"`
+	P50Ratio figure `json:"p50_ratio"`
+	P99NS    figure `json:"p99_ns"`
+	P99Ratio figure `json:"p99_ratio"`
+	// The same against net.UDPConn+chan, the channel API's fair anchor.
+	P50ChanRatio figure   `json:"p50_ratio_to_udpconn_chan"`
+	P99ChanRatio figure   `json:"p99_ratio_to_udpconn_chan"`
+	Errors       []string `json:"errors,omitempty"`
 }
 
 func (p *pingReport) summarize() {
@@ -72,7 +75,7 @@ func (p *pingReport) summarize() {
 	})
 	for _, server := range pingServers {
 		s := pingSummary{Server: server}
-		var p50s, p99s, r50s, r99s []figure
+		var p50s, p99s, r50s, r99s, c50s, c99s []figure
 		for _, m := range p.Measurements {
 			if m.Server != server {
 				continue
@@ -89,9 +92,14 @@ func (p *pingReport) summarize() {
 				r50s = append(r50s, ratio(float64(m.P50NS), float64(base.P50NS)))
 				r99s = append(r99s, ratio(float64(m.P99NS), float64(base.P99NS)))
 			}
+			if base := byRound[m.Round][recvUDPConnChan]; base != nil {
+				c50s = append(c50s, ratio(float64(m.P50NS), float64(base.P50NS)))
+				c99s = append(c99s, ratio(float64(m.P99NS), float64(base.P99NS)))
+			}
 		}
 		s.P50NS, s.P99NS = median(p50s), median(p99s)
 		s.P50Ratio, s.P99Ratio = median(r50s), median(r99s)
+		s.P50ChanRatio, s.P99ChanRatio = median(c50s), median(c99s)
 		p.Summary = append(p.Summary, s)
 	}
 }
@@ -203,6 +211,8 @@ func echoMain(args []string, stdout, stderr io.Writer) int {
 	switch *server {
 	case recvUDPConn:
 		err = echoUDPConn(ctx, *port, stdout)
+	case recvUDPConnChan:
+		err = echoUDPConnChan(ctx, *port, stdout)
 	case recvUDPStream:
 		err = echoUDPStream(ctx, *port, stdout)
 	default:
@@ -246,6 +256,35 @@ func echoUDPConn(ctx context.Context, port int, stdout io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// echoUDPConnChan answers as net.UDPConn+chan receives: one goroutine
+// reads the socket and hands each datagram over a channel; the consumer
+// answers it.
+func echoUDPConnChan(ctx context.Context, port int, stdout io.Writer) error {
+	u, err := listenUDPConnChan(port)
+	if err != nil {
+		return err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = u.conn.SetReadDeadline(pastDeadline) })
+	defer stop()
+	var rerr error
+	go u.read(func(err error) { rerr = err })
+	if err := sayReady(stdout); err != nil {
+		return err
+	}
+	answered := 0
+	for it := range u.ch {
+		if _, err := u.conn.WriteToUDPAddrPort(it.b, it.src); err != nil {
+			return err
+		}
+		if answered++; answered == maxAnswers {
+			return nil
+		}
+	}
+	// The channel is closed after read has set rerr.
+	return rerr
 }
 
 // echoUDPStream answers with Packet.Reply from a udpstream stream with
