@@ -817,15 +817,28 @@ var dropErrs = [numVerdicts]error{
 // address of this host or a multicast group ifIndex belongs to, and
 // loopback addresses, as source or destination, and this host's own IPv4
 // addresses as source count only on a loopback interface (elsewhere the
-// kernel drops them as martians). Most traffic is
-// a few busy flows, so the last yes is remembered for as long as the
-// address set it came from is current.
+// kernel drops them as martians). Most traffic goes to one address, so
+// the last yes is remembered for as long as the address set it came from
+// is current: for a unicast destination it holds for any source, which
+// is then checked alone (and not at all on a loopback interface), so that
+// a server with many clients looks nothing up per datagram.
 func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	set := h.local.cur.Load()
-	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && src == c.src && ifIndex == c.ifIndex {
-		return true
+	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && ifIndex == c.ifIndex {
+		if src == c.src {
+			return true
+		}
+		if !c.bySource {
+			// The destination is local; the source is to be judged.
+			if !c.loopback && h.martianOffLoopback(set, src, a, ifIndex) {
+				return false
+			}
+			c.src = src
+			return true
+		}
 	}
-	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex))) {
+	loopback := set.onLoopback(ifIndex)
+	if !loopback && h.martianOffLoopback(set, src, a, ifIndex) {
 		return false
 	}
 	if a.Is4() && a.IsUnspecified() && src.IsUnspecified() {
@@ -833,7 +846,7 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	}
 	var ok bool
 	if a.IsMulticast() {
-		set, ok = h.local.lookupGroup(src, a, ifIndex, set.onLoopback(ifIndex))
+		set, ok = h.local.lookupGroup(src, a, ifIndex, loopback)
 	} else {
 		set, ok = h.local.lookup(a)
 		if ok && a.Is6() && a.IsLinkLocalUnicast() && !set.onLink(a, ifIndex) {
@@ -841,9 +854,18 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 		}
 	}
 	if ok {
-		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex}
+		// The set lookup returns may be newer than the one judged by.
+		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex, loopback: set.onLoopback(ifIndex), bySource: a.IsMulticast()}
 	}
 	return ok
+}
+
+// martianOffLoopback reports whether the kernel drops a datagram from src
+// to a that arrived on interface ifIndex, not a loopback interface, for
+// its addresses alone: loopback addresses, as source or destination, and
+// this host's own IPv4 addresses as source.
+func (h *handler[T]) martianOffLoopback(set *addrSet, src, a netip.Addr, ifIndex int) bool {
+	return a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex))
 }
 
 // localAnswer is a datagram isLocal said yes to, and the address set it
@@ -852,6 +874,10 @@ type localAnswer struct {
 	set      *addrSet
 	src, dst netip.Addr
 	ifIndex  int
+	loopback bool // ifIndex is a loopback interface
+	// bySource says the answer holds for src alone: a multicast group
+	// may be joined for some sources only.
+	bySource bool
 }
 
 // decode runs a user's decoder, turning a panic into an error so that one

@@ -131,3 +131,4 @@ func TestZoneCache(t *testing.T) {
 		t.Fatalf("%.0f allocations per two interfaces' zones, want 0 once known", allocs)
 	}
 }
+
