@@ -87,6 +87,27 @@
 // targets follow the table, and everything is written as JSON to
 // -json-out, each measurement with its raw counts and times.
 //
+// # Many sources
+//
+//	cd bench && go run . -sources 1,1000,100000 -fragmented 0,10 -sizes 64 -flood off
+//
+// -sources replaces the ordinary runs with runs whose datagrams come from
+// that many distinct source addresses in turn (127.1.0.1 on for IPv4,
+// all this host's on loopback; fd00:b::1 on for IPv6, which loopback
+// delivers from like any source but ::1), each list entry a run of its
+// own; -fragmented gives the percentages of datagrams sent in two
+// fragments, spread evenly. The bench builds these datagrams whole, UDP
+// checksum included, and sends them on a raw socket (IPPROTO_RAW,
+// sendmmsg, 64 messages a call), one source included, so that the runs
+// differ in their sources alone. The kernel has not vouched for their
+// checksums, so every receiver that checks them computes them: figures
+// are not comparable with the ordinary runs'. The floors read only
+// unfragmented datagrams: in a fragmented run they lose the fragmented
+// ones and their CPU is per datagram they read. The target "many sources
+// <= 1.2x one source" sets udpstream's CPU per datagram against its own
+// in the one-source run of the same size, family and share fragmented,
+// in the same round.
+//
 // # The capture comparison
 //
 //	cd bench && go run . -capture          # 3 rounds of 200,000 datagrams

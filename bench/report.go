@@ -249,11 +249,15 @@ func (r *runReport) summaryOf(recv string) *summary {
 	return nil
 }
 
-// quietTwin returns the quiet run with r's size and family.
-func (rep *report) quietTwin(r *runReport) *runReport {
+// twin returns the run that is r but for what with changes: r's quiet
+// twin, say, or its one-source twin.
+func (rep *report) twin(r *runReport, with func(*runSpec)) *runReport {
+	want := r.runSpec
+	with(&want)
 	for i := range rep.Runs {
 		q := &rep.Runs[i]
-		if !q.Flood && q.Size == r.Size && q.Family == r.Family {
+		if got := q.runSpec; got.Size == want.Size && got.Family == want.Family && got.Flood == want.Flood &&
+			got.Sources == want.Sources && got.FragPct == want.FragPct {
 			return q
 		}
 	}
@@ -273,6 +277,8 @@ const (
 	targetPingChanP50      = "ping-pong p50 round trip <= 1.1x net.UDPConn+chan"
 	targetPingChanP99      = "ping-pong p99 round trip <= 1.1x net.UDPConn+chan"
 	limitRecvVsChanFloor   = 1.25
+	targetManySources      = "udpstream receiver CPU/datagram, many sources <= 1.2x one source"
+	limitManySources       = 1.2
 	limitRecvVsUDP         = 0.1
 	limitFloodVsQuiet      = 1.5
 	limitMachineVsUDP      = 0.65
@@ -301,8 +307,13 @@ func (rep *report) judge() []targetLine {
 		if has(recvRingChanFloor) {
 			add(targetRecvVsChanFloor, r.Name, pairedRatio(r, r, recvUDPStream, recvRingChanFloor, recvCPU), limitRecvVsChanFloor)
 		}
+		if r.Sources > 1 {
+			if one := rep.twin(r, func(s *runSpec) { s.Sources = 1 }); one != nil {
+				add(targetManySources, r.Name, pairedRatio(r, one, recvUDPStream, recvUDPStream, recvCPU), limitManySources)
+			}
+		}
 		if r.Flood {
-			if q := rep.quietTwin(r); q != nil {
+			if q := rep.twin(r, func(s *runSpec) { s.Flood = false }); q != nil {
 				add(targetFloodVsQuiet, r.Name, pairedRatio(r, q, recvUDPStream, recvUDPStream, recvCPU), limitFloodVsQuiet)
 			}
 			continue

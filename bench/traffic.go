@@ -165,9 +165,15 @@ type sendResult struct {
 	Rate         float64
 }
 
-// blast sends count datagrams on a thread of its own, whose CPU time it
-// measures.
-func (b *blaster) blast(clock monoClock, count int, deadline time.Time) (sendResult, error) {
+// datagramSender is a blaster or manySources.
+type datagramSender interface {
+	send(count int, deadline time.Time, stop *atomic.Bool) (int, error)
+	close()
+}
+
+// blast sends count datagrams with b on a thread of its own, whose CPU
+// time it measures.
+func blast(b datagramSender, clock monoClock, count int, deadline time.Time) (sendResult, error) {
 	runtime.LockOSThread()
 	// Unlocked, not left to die with the goroutine: the child processes
 	// are tied to their parent thread by Pdeathsig.
