@@ -471,6 +471,9 @@ type handler[T any] struct {
 	counted [handoffBatch]*atomic.Uint64
 	n       int // made
 	sent    int // handed over
+	// unsettled counts the packets handed over whose pending count is
+	// still to be taken back (settle).
+	unsettled int
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
 
@@ -691,19 +694,31 @@ func (h *handler[T]) surface(ctx context.Context, m *frameMeta, err error) error
 	return h.made(ctx)
 }
 
-// handed records that batch entry i reached the consumer.
+// handed records that batch entry i reached the consumer. Its count
+// moves out of pending at the next settle: until then it shows in both,
+// never in neither.
 func (h *handler[T]) handed(i int) {
 	if c := h.counted[i]; c != nil {
 		c.Add(1)
-		h.counts.pending.Add(^uint64(0))
+		h.unsettled++
 	}
 	h.batch[i] = Packet[T]{} // keep nothing the consumer now owns
+}
+
+// settle takes the packets handed over since the last settle out of
+// pending: one atomic operation for a run of sends, not one each.
+func (h *handler[T]) settle() {
+	if h.unsettled > 0 {
+		h.counts.pending.Add(-uint64(h.unsettled))
+		h.unsettled = 0
+	}
 }
 
 // tryFlush hands over what the channel has room for without blocking and
 // reports whether the batch is now empty. Each packet is counted once its
 // send has happened.
 func (h *handler[T]) tryFlush() bool {
+	defer h.settle()
 	for h.sent < h.n {
 		select {
 		case h.out <- h.batch[h.sent]:
@@ -725,6 +740,7 @@ func (h *handler[T]) flush(ctx context.Context) error {
 		case h.out <- h.batch[h.sent]:
 			h.handed(h.sent)
 			h.sent++
+			h.settle()
 		case <-ctx.Done():
 			h.discard()
 			return ctx.Err()
