@@ -117,7 +117,7 @@ func TestQuickRun(t *testing.T) {
 	for _, p := range rep.PingPong {
 		for _, server := range pingServers {
 			s := p.summaryOf(server)
-			if s == nil || s.Rounds != 1 || !s.P50NS.ok() || !s.P99NS.ok() || len(s.Errors) > 0 {
+			if s == nil || s.Rounds != 1 || !s.P50NS.ok() || !s.P99NS.ok() || !s.ServerCPU.ok() || !s.ServerSwitches.ok() || len(s.Errors) > 0 {
 				t.Errorf("ping-pong IPv%d, %s: %+v", p.Family, server, s)
 			}
 		}

@@ -413,10 +413,10 @@ func printReport(w io.Writer, rep *report) {
 	for _, p := range rep.PingPong {
 		fmt.Fprintf(w, "\n== ping-pong, IPv%d, %d round trips one at a time, 64 B ==\n", p.Family, p.Trips)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "server\tp50 µs\tx\tx +chan\tp99 µs\tx\tx +chan\tlost\t")
+		fmt.Fprintln(tw, "server\tp50 µs\tx\tx +chan\tp99 µs\tx\tx +chan\tserver CPU µs/request\tx +chan\tcsw/request\tlost\t")
 		for _, s := range p.Summary {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", s.Server, micros(float64(s.P50NS)), s.P50Ratio, s.P50ChanRatio,
-				micros(float64(s.P99NS)), s.P99Ratio, s.P99ChanRatio, s.Lost)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", s.Server, micros(float64(s.P50NS)), s.P50Ratio, s.P50ChanRatio,
+				micros(float64(s.P99NS)), s.P99Ratio, s.P99ChanRatio, micros(float64(s.ServerCPU)), s.ServerCPUChanRatio, s.ServerSwitches, s.Lost)
 		}
 		tw.Flush()
 		for _, s := range p.Summary {
