@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -221,7 +222,10 @@ func (r *floorRing) close() {
 
 // walk reads the ring until stop is set or take says the lane is done:
 // frames while there are, then the coalescing pause or a wait, as
-// udpstream's loop does. take gets each frame's IP packet.
+// udpstream's loop does, yielding before the pause as it does (the pause
+// is a system call that keeps the thread: a consumer readied by the walk
+// runs first, here, rather than on a thread the runtime wakes for it).
+// take gets each frame's IP packet.
 func (r *floorRing) walk(stop *atomic.Bool, take func([]byte) bool, fail func(error)) {
 	busy := 0 // frames since the ring was last found empty
 	for !stop.Load() {
@@ -229,6 +233,7 @@ func (r *floorRing) walk(stop *atomic.Bool, take func([]byte) bool, fail func(er
 		if !ok {
 			var err error
 			if busy >= floorCoalesceBatch {
+				runtime.Gosched()
 				err = r.pause()
 			} else {
 				err = r.wait()
