@@ -78,18 +78,9 @@ func newManySources(dst netip.AddrPort, size, sources, fragPct int) (_ *manySour
 	if s.family == 6 {
 		domain = unix.AF_INET6
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.IPPROTO_RAW)
+	fd, err := sendSocket(domain, unix.SOCK_RAW, unix.IPPROTO_RAW)
 	if err != nil {
-		return nil, os.NewSyscallError("socket SOCK_RAW", err)
-	}
-	defer func() {
-		if err != nil {
-			unix.Close(fd)
-		}
-	}()
-	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return nil, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+		return nil, err
 	}
 	// A raw socket's send buffer fills at the rate of a loopback; a larger
 	// one blocks less often.
