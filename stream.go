@@ -611,9 +611,12 @@ func (h *handler[T]) finish(ctx context.Context, v verdict, m *frameMeta) error 
 // one WithPortErrors surfaces (counted already).
 func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, ip, udp, payload []byte) error {
 	pkt.tx = h.tx
-	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload}
-	pkt.Value, pkt.Err = decode(h.dec, &h.d)
-	h.d = Datagram{}
+	// Field by field: a composite literal is built on the stack first and
+	// copied, which showed in profiles.
+	d := &h.d
+	d.hdr, d.ip, d.udp, d.payload = &pkt.Header, ip, udp, payload
+	pkt.Value, pkt.Err = decode(h.dec, d)
+	*d = Datagram{}
 	switch {
 	case v == dropOtherPort:
 		// Decoded all the same, so the caller can see what was sent;
