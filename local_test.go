@@ -49,3 +49,74 @@ func TestLookupRefreshBound(t *testing.T) {
 		t.Fatal("a miss after a quiet interval did not refresh")
 	}
 }
+
+// TestIsLocalManySources checks the answer isLocal remembers: a unicast
+// destination it said yes to stays local for any source, each judged on
+// its own (loopback and this host's own IPv4 addresses refused off a
+// loopback interface), without allocating, and a multicast answer holds
+// for its source alone.
+func TestIsLocalManySources(t *testing.T) {
+	const lo, eth = 1, 2
+	own := netip.MustParseAddr("192.0.2.1")
+	own6 := netip.MustParseAddr("2001:db8::1")
+	group := netip.MustParseAddr("239.1.2.3")
+	la := &localAddrs{}
+	la.cur.Store(&addrSet{
+		exact:     map[netip.Addr]struct{}{own: {}, own6: {}, netip.MustParseAddr("127.0.0.1"): {}, netip.IPv6Loopback(): {}},
+		prefixes:  []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")},
+		loopbacks: []int{lo},
+		groups:    map[membership]struct{}{{group, eth}: {}},
+	})
+	la.refresh = func() bool { return false }
+	la.refreshGroups = la.refresh
+	la.mcast4 = true // a socket of family AF_INET
+	h := &handler[struct{}]{local: la}
+
+	cases := []struct {
+		src, dst string
+		ifIndex  int
+		want     bool
+	}{
+		{"198.51.100.1", "192.0.2.1", eth, true},
+		{"198.51.100.2", "192.0.2.1", eth, true},
+		{"192.0.2.1", "192.0.2.1", eth, false}, // its own address, from the wire
+		{"127.0.0.9", "192.0.2.1", eth, false}, // loopback, from the wire
+		{"198.51.100.3", "192.0.2.1", eth, true},
+		{"198.51.100.3", "192.0.2.99", eth, false}, // not this host's
+		{"192.0.2.1", "192.0.2.1", lo, true},       // on loopback, anything goes
+		{"127.0.0.9", "127.0.0.1", lo, true},
+		{"127.0.0.10", "127.0.0.1", eth, false},
+		{"2001:db8::99", "2001:db8::1", eth, true},
+		{"::1", "2001:db8::1", eth, false},
+		{"2001:db8::98", "2001:db8::1", eth, true},
+		{"198.51.100.1", "239.1.2.3", eth, true},
+		{"198.51.100.2", "239.1.2.3", eth, true},
+		{"198.51.100.2", "239.1.2.3", lo, false}, // not a member there
+	}
+	for _, c := range cases {
+		// Each case twice: from the cache too.
+		for range 2 {
+			if got := h.isLocal(netip.MustParseAddr(c.src), netip.MustParseAddr(c.dst), c.ifIndex); got != c.want {
+				t.Errorf("%s -> %s on %d: local %v, want %v", c.src, c.dst, c.ifIndex, got, c.want)
+			}
+		}
+	}
+
+	// A server's many clients cost no allocation, on and off loopback.
+	srcs := make([]netip.Addr, 1000)
+	for i := range srcs {
+		srcs[i] = netip.AddrFrom4([4]byte{198, 51, byte(i >> 8), byte(i)})
+	}
+	for _, ifIndex := range []int{lo, eth} {
+		i := 0
+		allocs := testing.AllocsPerRun(1000, func() {
+			if !h.isLocal(srcs[i%len(srcs)], own, ifIndex) {
+				t.Fatal("a client's datagram judged not local")
+			}
+			i++
+		})
+		if allocs != 0 {
+			t.Errorf("on %d: %v allocations per datagram", ifIndex, allocs)
+		}
+	}
+}

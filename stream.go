@@ -499,6 +499,9 @@ type handler[T any] struct {
 	counted [handoffBatch]*atomic.Uint64
 	n       int // made
 	sent    int // handed over
+	// unsettled counts the packets handed over whose pending count is
+	// still to be taken back (settle).
+	unsettled int
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
 
@@ -679,9 +682,12 @@ func (h *handler[T]) fragmentViews() []Fragment {
 // one WithPortErrors surfaces (counted already).
 func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, ip, udp, payload []byte) error {
 	pkt.tx = h.tx
-	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload, frags: h.fragmentViews()}
-	pkt.Value, pkt.Err = decode(h.dec, &h.d)
-	h.d = Datagram{}
+	// Field by field: a composite literal is built on the stack first and
+	// copied, which showed in profiles.
+	d := &h.d
+	d.hdr, d.ip, d.udp, d.payload, d.frags = &pkt.Header, ip, udp, payload, h.fragmentViews()
+	pkt.Value, pkt.Err = decode(h.dec, d)
+	*d = Datagram{}
 	clear(h.frags)
 	switch {
 	case v == dropOtherPort:
@@ -766,19 +772,31 @@ func (h *handler[T]) surface(ctx context.Context, m *frameMeta, err error) error
 	return h.made(ctx)
 }
 
-// handed records that batch entry i reached the consumer.
+// handed records that batch entry i reached the consumer. Its count
+// moves out of pending at the next settle: until then it shows in both,
+// never in neither.
 func (h *handler[T]) handed(i int) {
 	if c := h.counted[i]; c != nil {
 		c.Add(1)
-		h.counts.pending.Add(^uint64(0))
+		h.unsettled++
 	}
 	h.batch[i] = Packet[T]{} // keep nothing the consumer now owns
+}
+
+// settle takes the packets handed over since the last settle out of
+// pending: one atomic operation for a run of sends, not one each.
+func (h *handler[T]) settle() {
+	if h.unsettled > 0 {
+		h.counts.pending.Add(-uint64(h.unsettled))
+		h.unsettled = 0
+	}
 }
 
 // tryFlush hands over what the channel has room for without blocking and
 // reports whether the batch is now empty. Each packet is counted once its
 // send has happened.
 func (h *handler[T]) tryFlush() bool {
+	defer h.settle()
 	for h.sent < h.n {
 		select {
 		case h.out <- h.batch[h.sent]:
@@ -800,6 +818,7 @@ func (h *handler[T]) flush(ctx context.Context) error {
 		case h.out <- h.batch[h.sent]:
 			h.handed(h.sent)
 			h.sent++
+			h.settle()
 		case <-ctx.Done():
 			h.discard()
 			return ctx.Err()
@@ -832,6 +851,11 @@ func (h *handler[T]) setZones(hd *Header, ifIndex int) {
 // zoned returns a with the zone of interface ifIndex if it is an address
 // of link scope, and a unchanged otherwise.
 func (h *handler[T]) zoned(a netip.Addr, ifIndex int) netip.Addr {
+	// Most addresses are global, and their first byte says so: the three
+	// checks below cost a few percent of a datagram over IPv6.
+	if a.Is6() && !a.Is4In6() && a.As16()[0] < 0xfe {
+		return a
+	}
 	if a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast() {
 		return a.WithZone(h.zone(ifIndex))
 	}
@@ -892,15 +916,28 @@ var dropErrs = [numVerdicts]error{
 // address of this host or a multicast group ifIndex belongs to, and
 // loopback addresses, as source or destination, and this host's own IPv4
 // addresses as source count only on a loopback interface (elsewhere the
-// kernel drops them as martians). Most traffic is
-// a few busy flows, so the last yes is remembered for as long as the
-// address set it came from is current.
+// kernel drops them as martians). Most traffic goes to one address, so
+// the last yes is remembered for as long as the address set it came from
+// is current: for a unicast destination it holds for any source, which
+// is then checked alone (and not at all on a loopback interface), so that
+// a server with many clients looks nothing up per datagram.
 func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	set := h.local.cur.Load()
-	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && src == c.src && ifIndex == c.ifIndex {
-		return true
+	if c := &h.lastLocal; set != nil && set == c.set && a == c.dst && ifIndex == c.ifIndex {
+		if src == c.src {
+			return true
+		}
+		if !c.bySource {
+			// The destination is local; the source is to be judged.
+			if !c.loopback && h.martianOffLoopback(set, src, a, ifIndex) {
+				return false
+			}
+			c.src = src
+			return true
+		}
 	}
-	if !set.onLoopback(ifIndex) && (a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex))) {
+	loopback := set.onLoopback(ifIndex)
+	if !loopback && h.martianOffLoopback(set, src, a, ifIndex) {
 		return false
 	}
 	if a.Is4() && a.IsUnspecified() && src.IsUnspecified() {
@@ -908,7 +945,7 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 	}
 	var ok bool
 	if a.IsMulticast() {
-		set, ok = h.local.lookupGroup(src, a, ifIndex, set.onLoopback(ifIndex))
+		set, ok = h.local.lookupGroup(src, a, ifIndex, loopback)
 	} else {
 		set, ok = h.local.lookup(a)
 		if ok && a.Is6() && a.IsLinkLocalUnicast() && !set.onLink(a, ifIndex) {
@@ -916,9 +953,18 @@ func (h *handler[T]) isLocal(src, a netip.Addr, ifIndex int) bool {
 		}
 	}
 	if ok {
-		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex}
+		// The set lookup returns may be newer than the one judged by.
+		h.lastLocal = localAnswer{set: set, src: src, dst: a, ifIndex: ifIndex, loopback: set.onLoopback(ifIndex), bySource: a.IsMulticast()}
 	}
 	return ok
+}
+
+// martianOffLoopback reports whether the kernel drops a datagram from src
+// to a that arrived on interface ifIndex, not a loopback interface, for
+// its addresses alone: loopback addresses, as source or destination, and
+// this host's own IPv4 addresses as source.
+func (h *handler[T]) martianOffLoopback(set *addrSet, src, a netip.Addr, ifIndex int) bool {
+	return a.IsLoopback() || src.IsLoopback() || src.Is4() && set.ownSource4(src, h.p.env.netRules().on(ifIndex))
 }
 
 // localAnswer is a datagram isLocal said yes to, and the address set it
@@ -927,6 +973,10 @@ type localAnswer struct {
 	set      *addrSet
 	src, dst netip.Addr
 	ifIndex  int
+	loopback bool // ifIndex is a loopback interface
+	// bySource says the answer holds for src alone: a multicast group
+	// may be joined for some sources only.
+	bySource bool
 }
 
 // decode runs a user's decoder, turning a panic into an error so that one

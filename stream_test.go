@@ -131,3 +131,19 @@ func TestZoneCache(t *testing.T) {
 		t.Fatalf("%.0f allocations per two interfaces' zones, want 0 once known", allocs)
 	}
 }
+
+// TestZoned checks that only addresses of link or interface scope get a
+// zone, whatever the shortcut for global ones takes as read.
+func TestZoned(t *testing.T) {
+	h := testHandler(HeaderOnly, nil)
+	for _, s := range []string{
+		"2001:db8::1", "::1", "::", "fd00::1", "fdff:ffff::1", "fe80::1", "febf::1", "fec0::1",
+		"ff01::1", "ff02::1", "ff05::1", "ff0e::1", "::ffff:169.254.1.1", "::ffff:192.0.2.1", "64:ff9b::1",
+	} {
+		a := netip.MustParseAddr(s)
+		want := a.IsLinkLocalUnicast() || a.IsLinkLocalMulticast() || a.IsInterfaceLocalMulticast()
+		if got := h.zoned(a, 1).Zone() != ""; got != want {
+			t.Errorf("%s: zoned %v, want %v", s, got, want)
+		}
+	}
+}

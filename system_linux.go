@@ -292,7 +292,7 @@ func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) er
 			if ps.ready() {
 				continue
 			}
-			if h.settle(ctx, at) != nil {
+			if h.settleTwins(ctx, at) != nil {
 				return nil
 			}
 			if h.n == 0 && h.kv.count > 0 {

@@ -462,7 +462,7 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 		p := *pkt
 		*pkt = Packet[T]{}
 		for kv.count == len(kv.slots) {
-			err := h.settle(ctx, -1)
+			err := h.settleTwins(ctx, -1)
 			if err == nil && kv.count == len(kv.slots) {
 				time.Sleep(twinPoll)
 				err = ctx.Err()
@@ -495,17 +495,17 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 	}
 	v.mu.Unlock()
 	if kv.count%settleHeld == 0 {
-		return h.settle(ctx, -1)
+		return h.settleTwins(ctx, -1)
 	}
 	return nil
 }
 
-// settle reads the twins waiting on the socket, then moves the held
+// settleTwins reads the twins waiting on the socket, then moves the held
 // datagrams whose twin came to the batch, in ring order, and drops those
 // the kernel refused. ringEmptyAt, unless -1, is a time just before which
 // the goroutine found its ring empty. It hands the batch over whenever it
 // fills, and returns an error only when ctx is done.
-func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
+func (h *handler[T]) settleTwins(ctx context.Context, ringEmptyAt int64) error {
 	kv := h.kv
 	v := kv.v
 	for {

@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
+
+	"golang.org/x/net/bpf"
 )
 
 // TestMain lets the test binary play the bench's roles: the bench
@@ -97,6 +99,16 @@ func TestQuickRun(t *testing.T) {
 		if base != nil && base.Delivered > 0 && math.Abs(float64(base.RecvCPURatio)-1) > 1e-9 {
 			t.Errorf("run %s: the baseline's ratio to itself is %v", r.Name, base.RecvCPURatio)
 		}
+		// Every receiver is set against every floor, and a floor that
+		// delivered against itself at 1.
+		for _, s := range r.Summary {
+			if len(s.FloorRatios) != len(floors) {
+				t.Errorf("run %s, %s: ratios to %d floors, want %d", r.Name, s.Receiver, len(s.FloorRatios), len(floors))
+			}
+			if slices.Contains(floors, s.Receiver) && s.Delivered > 0 && math.Abs(float64(s.FloorRatios[s.Receiver])-1) > 1e-9 {
+				t.Errorf("run %s: floor %s's ratio to itself is %v", r.Name, s.Receiver, s.FloorRatios[s.Receiver])
+			}
+		}
 	}
 
 	if len(rep.PingPong) != 2 {
@@ -105,17 +117,18 @@ func TestQuickRun(t *testing.T) {
 	for _, p := range rep.PingPong {
 		for _, server := range pingServers {
 			s := p.summaryOf(server)
-			if s == nil || s.Rounds != 1 || !s.P50NS.ok() || !s.P99NS.ok() || len(s.Errors) > 0 {
+			if s == nil || s.Rounds != 1 || !s.P50NS.ok() || !s.P99NS.ok() || !s.ServerCPU.ok() || !s.ServerSwitches.ok() || len(s.Errors) > 0 {
 				t.Errorf("ping-pong IPv%d, %s: %+v", p.Family, server, s)
 			}
 		}
 	}
 
 	// Every target is judged in every run it applies to: per run the CPU
-	// ratios to net.UDPConn and to gopacket-afpacket, then the flood
-	// ratio (flood runs) or the machine CPU and loss (quiet runs); per
-	// family p50 and p99.
-	if want := 8*2 + 4 + 4*2 + 2*2; len(rep.Targets) != want {
+	// ratios to net.UDPConn, gopacket-afpacket and ring+chan-floor, then
+	// the flood ratio (flood runs) or the machine CPU and loss (quiet
+	// runs); per family p50 and p99 against net.UDPConn and
+	// net.UDPConn+chan.
+	if want := 8*3 + 4 + 4*2 + 2*4; len(rep.Targets) != want {
 		t.Errorf("%d target lines, want %d", len(rep.Targets), want)
 	}
 	for _, tl := range rep.Targets {
@@ -171,26 +184,38 @@ func TestParseUDP(t *testing.T) {
 	}
 }
 
-// TestUDPPortFilter checks that the hand-built BPF program assembles and
-// that its jumps stay inside it and end at a return.
+// TestUDPPortFilter checks that the hand-built BPF programs (gopacket's
+// and the floors') assemble and that their jumps stay inside them and end
+// at a return.
 func TestUDPPortFilter(t *testing.T) {
-	prog, err := udpPortFilter(40000)
-	if err != nil {
-		t.Fatal(err)
+	progs := map[string]func() ([]bpf.RawInstruction, error){
+		"gopacket":   func() ([]bpf.RawInstruction, error) { return udpPortFilter(40000) },
+		"floor IPv4": func() ([]bpf.RawInstruction, error) { return floorFilter(4, 40000) },
+		"floor IPv6": func() ([]bpf.RawInstruction, error) { return floorFilter(6, 40000) },
 	}
-	const jmp, ret = 0x05, 0x06
-	for i, ins := range prog {
-		switch ins.Op & 0x07 {
-		case jmp:
-			for _, skip := range []uint8{ins.Jt, ins.Jf} {
+	for name, build := range progs {
+		prog, err := build()
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		const jmp, ret, ja = 0x05, 0x06, 0x00
+		for i, ins := range prog {
+			if ins.Op&0x07 != jmp {
+				continue
+			}
+			skips := []uint32{uint32(ins.Jt), uint32(ins.Jf)}
+			if ins.Op&0xf0 == ja {
+				skips = []uint32{ins.K}
+			}
+			for _, skip := range skips {
 				if to := i + 1 + int(skip); to >= len(prog) {
-					t.Errorf("instruction %d jumps to %d, past the end", i, to)
+					t.Errorf("%s: instruction %d jumps to %d, past the end", name, i, to)
 				}
 			}
 		}
-	}
-	if last := prog[len(prog)-1]; last.Op&0x07 != ret || last.K != 0 {
-		t.Errorf("the program does not end by dropping: %+v", last)
+		if last := prog[len(prog)-1]; last.Op&0x07 != ret || last.K != 0 {
+			t.Errorf("%s: the program does not end by dropping: %+v", name, last)
+		}
 	}
 }
 

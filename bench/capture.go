@@ -271,7 +271,7 @@ func (o *orchestrator) captureInto(m *captureMeasurement, v *vethLink, bin, dir 
 		return err
 	}
 	defer b.close()
-	sres, sendErr := b.blast(o.clock, cfg.count, time.Now().Add(cfg.timeout))
+	sres, sendErr := blast(b, o.clock, cfg.count, time.Now().Add(cfg.timeout))
 	m.Sent, m.SendRate = uint64(sres.Sent), figure(sres.Rate)
 	if sendErr != nil {
 		return fmt.Errorf("sender: %w", sendErr)

@@ -24,6 +24,8 @@ type config struct {
 	sizes      []int
 	families   []int
 	floods     []bool
+	sources    []int // many-sources runs: source addresses of each; none without -sources
+	fragPcts   []int // and the percentages of datagrams fragmented
 	receivers  []string
 	port       int // traffic; +1 flood UDP, +2 flood TCP, +3 ping-pong
 	idle       time.Duration
@@ -64,6 +66,9 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	sizes := fs.String("sizes", "64,1400", fmt.Sprintf("UDP payload sizes in bytes, comma-separated, up to %d", maxPayload))
 	families := fs.String("families", "4,6", "IP versions, comma-separated")
 	flood := fs.String("flood", "both", "runs without and with the flood: both, off or on")
+	sources := fs.String("sources", "", "instead of the ordinary runs, many-sources runs: source addresses of each, comma-separated, "+
+		"sent from a raw socket (say 1,1000,100000)")
+	fragmented := fs.String("fragmented", "0", "with -sources: percentages of the datagrams sent in two fragments, comma-separated")
 	receivers := fs.String("receivers", "all", "receivers to run, comma-separated, from: "+strings.Join(receiverNames, ",")+
 		"; with -capture from: "+strings.Join(captureNames, ","))
 	fs.IntVar(&c.port, "port", 40000, "UDP port of the traffic; the three above it are used too")
@@ -111,6 +116,14 @@ func parseConfig(args []string, stderr io.Writer) (config, error) {
 	}
 	if c.families, err = intList(*families, 4, 6); err != nil || slices.ContainsFunc(c.families, func(f int) bool { return f != 4 && f != 6 }) {
 		return c, usageErr(fs, "-families: want 4, 6 or 4,6")
+	}
+	if *sources != "" {
+		if c.sources, err = intList(*sources, 1, 1<<24); err != nil {
+			return c, usageErr(fs, "-sources: %v", err)
+		}
+		if c.fragPcts, err = intList(*fragmented, 0, 100); err != nil {
+			return c, usageErr(fs, "-fragmented: %v", err)
+		}
 	}
 	switch *flood {
 	case "both":

@@ -38,6 +38,26 @@
 //   - udpstream-fanout2: udpstream with WithFanout(2): two packet sockets
 //     per family in a fanout group, each with its own receive goroutine.
 //
+// Three floors follow, the receivers a channel API is fairly set against:
+//
+//   - net.UDPConn+chan: the baseline's socket read on one goroutine, each
+//     datagram (its source and bytes, in one of capacity+2 buffers that
+//     take turns) handed over a channel of udpstream's default capacity
+//     to a consumer goroutine. In the ping-pong the consumer answers: it is
+//     the anchor of any channel API's round trip.
+//   - ring-floor: udpstream's packet sockets (SOCK_RAW with
+//     PACKET_VNET_HDR, one per family, every interface), its filter, its
+//     TPACKET_V2 ring of udpstream.DefaultBufferSize in 2 KiB frames and
+//     its way of waiting (a private epoll instance on the runtime poller;
+//     a ring that held 4 frames or more when found empty is muted and
+//     looked at again after a 250 µs sleep), written anew here since the
+//     library's are unexported. It parses what every receiver reads and
+//     hands nothing over.
+//   - ring+chan-floor: ring-floor, each datagram then sent on a channel of
+//     udpstream's default capacity as a value of the size of the
+//     udpstream receiver's Packet (unsafe.Sizeof, so it follows the type)
+//     to one consumer goroutine that ranges over it.
+//
 // The packet-socket receivers reserve the port with a UDP socket that never
 // queues data, as udpstream does, so the kernel sends no ICMP errors for any
 // receiver.
@@ -47,8 +67,12 @@
 // third, in the same namespace). Rounds are interleaved: each round goes
 // through every run, and within a run through every receiver, the order
 // rotated by one each round. Each round ends with a ping-pong phase: 1,000
-// round trips, one at a time, through a net.UDPConn echo server and a
-// udpstream server answering with Packet.Reply.
+// round trips, one at a time, through a net.UDPConn echo server, a
+// net.UDPConn+chan one and a udpstream server answering with
+// Packet.Reply. Each server says at its end what answering cost it: its
+// CPU time and context switches from when it was ready, which the table
+// gives per request (sent, warm-up included) and, for the CPU, as a ratio
+// to net.UDPConn+chan's; on a VM most of that CPU is threads being woken.
 //
 // For each receiver and run it prints delivered datagrams per second; loss
 // (sent less delivered); the receiver's CPU per delivered datagram and its
@@ -60,10 +84,35 @@
 // datagram, from /proc/stat over the run (every process: also other load
 // on the machine). Each figure's ratio to net.UDPConn's in the same round
 // follows it. Figures are medians over the rounds, ratios medians of the
-// per-round ratios. Absolute figures are noise on a shared machine;
+// per-round ratios. The receiver's CPU is also given as a ratio to each
+// floor's in the same round ("x ring+chan-floor" and so on; JSON
+// recv_cpu_ratio_to_floors), and the ping-pong's p50 and p99 as ratios
+// to net.UDPConn and to net.UDPConn+chan ("x +chan").
+// Absolute figures are noise on a shared machine;
 // ratios in one round are the result. Pass/fail lines for the project's
 // targets follow the table, and everything is written as JSON to
 // -json-out, each measurement with its raw counts and times.
+//
+// # Many sources
+//
+//	cd bench && go run . -sources 1,1000,100000 -fragmented 0,10 -sizes 64 -flood off
+//
+// -sources replaces the ordinary runs with runs whose datagrams come from
+// that many distinct source addresses in turn (127.1.0.1 on for IPv4,
+// all this host's on loopback; fd00:b::1 on for IPv6, which loopback
+// delivers from like any source but ::1), each list entry a run of its
+// own; -fragmented gives the percentages of datagrams sent in two
+// fragments, spread evenly. The bench builds these datagrams whole, UDP
+// checksum included, and sends them on a raw socket (IPPROTO_RAW,
+// sendmmsg, 64 messages a call), one source included, so that the runs
+// differ in their sources alone. The kernel has not vouched for their
+// checksums, so every receiver that checks them computes them: figures
+// are not comparable with the ordinary runs'. The floors read only
+// unfragmented datagrams: in a fragmented run they lose the fragmented
+// ones and their CPU is per datagram they read. The target "many sources
+// <= 1.2x one source" sets udpstream's CPU per datagram against its own
+// in the one-source run of the same size, family and share fragmented,
+// in the same round.
 //
 // # The capture comparison
 //

@@ -25,6 +25,11 @@ type runSpec struct {
 	Size   int    `json:"size"`
 	Family int    `json:"family"`
 	Flood  bool   `json:"flood"`
+	// Sources is the number of source addresses of a many-sources run,
+	// whose datagrams are sent by manySources, FragPct of every 100 of
+	// them in two fragments; 0 in the ordinary runs.
+	Sources int `json:"sources,omitempty"`
+	FragPct int `json:"fragmented_pct,omitempty"`
 }
 
 func (r runSpec) title() string {
@@ -32,7 +37,37 @@ func (r runSpec) title() string {
 	if r.Flood {
 		f = "under flood"
 	}
-	return fmt.Sprintf("%d B payload, IPv%d, %s", r.Size, r.Family, f)
+	t := fmt.Sprintf("%d B payload, IPv%d, %s", r.Size, r.Family, f)
+	if r.Sources > 0 {
+		t += fmt.Sprintf(", %d sources, %d %% fragmented (raw socket)", r.Sources, r.FragPct)
+	}
+	return t
+}
+
+// runSpecs returns the runs of a configuration, in table order.
+func runSpecs(cfg config) []runSpec {
+	sources, frags := cfg.sources, cfg.fragPcts
+	if len(sources) == 0 {
+		sources, frags = []int{0}, []int{0}
+	}
+	var out []runSpec
+	for _, size := range cfg.sizes {
+		for _, fam := range cfg.families {
+			for _, flood := range cfg.floods {
+				for _, frag := range frags {
+					for _, n := range sources {
+						r := runSpec{Size: size, Family: fam, Flood: flood, Sources: n, FragPct: frag}
+						r.Name = fmt.Sprintf("%dB-ipv%d-%s", size, fam, map[bool]string{false: "quiet", true: "flood"}[flood])
+						if n > 0 {
+							r.Name += fmt.Sprintf("-src%d-frag%d", n, frag)
+						}
+						out = append(out, r)
+					}
+				}
+			}
+		}
+	}
+	return out
 }
 
 // measurement is one receiver's figures in one run and round.
@@ -131,13 +166,8 @@ func orchestrate(args []string, stdout, stderr io.Writer) int {
 func (o *orchestrator) run() *report {
 	cfg := o.cfg
 	rep := &report{Meta: o.meta()}
-	for _, size := range cfg.sizes {
-		for _, fam := range cfg.families {
-			for _, flood := range cfg.floods {
-				name := fmt.Sprintf("%dB-ipv%d-%s", size, fam, map[bool]string{false: "quiet", true: "flood"}[flood])
-				rep.Runs = append(rep.Runs, runReport{runSpec: runSpec{Name: name, Size: size, Family: fam, Flood: flood}})
-			}
-		}
+	for _, r := range runSpecs(cfg) {
+		rep.Runs = append(rep.Runs, runReport{runSpec: r})
 	}
 	if cfg.pingPong > 0 {
 		for _, fam := range cfg.families {
@@ -228,13 +258,19 @@ func (o *orchestrator) measureInto(m *measurement, r runSpec, recv string, round
 		time.Sleep(100 * time.Millisecond) // let the flood reach full rate
 	}
 
-	b, err := newBlaster(r.Family, netip.AddrPortFrom(loopback(r.Family), uint16(cfg.port)), r.Size)
+	dst := netip.AddrPortFrom(loopback(r.Family), uint16(cfg.port))
+	var b datagramSender
+	if r.Sources > 0 {
+		b, err = newManySources(dst, r.Size, r.Sources, r.FragPct)
+	} else {
+		b, err = newBlaster(r.Family, dst, r.Size)
+	}
 	if err != nil {
 		return err
 	}
 	defer b.close()
 	start := o.busy.mark()
-	sres, sendErr := b.blast(o.clock, cfg.count, time.Now().Add(cfg.timeout))
+	sres, sendErr := blast(b, o.clock, cfg.count, time.Now().Add(cfg.timeout))
 	// A receiver that has seen the count may have exited already, and
 	// its standard input with it: its result is what counts.
 	_ = rc.say("done")

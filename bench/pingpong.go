@@ -18,10 +18,11 @@ import (
 	"time"
 
 	"github.com/udpstream/udpstream"
+	"golang.org/x/sys/unix"
 )
 
 // The ping-pong servers, in table order; the first is the baseline.
-var pingServers = []string{recvUDPConn, recvUDPStream}
+var pingServers = []string{recvUDPConn, recvUDPConnChan, recvUDPStream}
 
 // pingWarmup round trips precede the timed ones.
 const pingWarmup = 50
@@ -42,7 +43,12 @@ type pingResult struct {
 	P99NS  int64  `json:"p99_ns"`
 	MinNS  int64  `json:"min_ns"`
 	MaxNS  int64  `json:"max_ns"`
-	Error  string `json:"error,omitempty"`
+	// The echo server process's CPU time and context switches from when
+	// it was ready to its end, over the requests sent.
+	Requests       int    `json:"requests"`
+	ServerCPUNS    int64  `json:"server_cpu_ns"`
+	ServerSwitches int64  `json:"server_switches"`
+	Error          string `json:"error,omitempty"`
 }
 
 // pingReport is the ping-pong of one family over the rounds.
@@ -55,14 +61,22 @@ type pingReport struct {
 
 // pingSummary is one server's ping-pong figures over the rounds.
 type pingSummary struct {
-	Server   string   `json:"server"`
-	Rounds   int      `json:"rounds"`
-	Lost     int      `json:"lost"`
-	P50NS    figure   `json:"p50_ns"`
-	P50Ratio figure   `json:"p50_ratio"`
-	P99NS    figure   `json:"p99_ns"`
-	P99Ratio figure   `json:"p99_ratio"`
-	Errors   []string `json:"errors,omitempty"`
+	Server   string `json:"server"`
+	Rounds   int    `json:"rounds"`
+	Lost     int    `json:"lost"`
+	P50NS    figure `json:"p50_ns"`
+	P50Ratio figure `json:"p50_ratio"`
+	P99NS    figure `json:"p99_ns"`
+	P99Ratio figure `json:"p99_ratio"`
+	// The same against net.UDPConn+chan, the channel API's fair anchor.
+	P50ChanRatio figure `json:"p50_ratio_to_udpconn_chan"`
+	P99ChanRatio figure `json:"p99_ratio_to_udpconn_chan"`
+	// The server's CPU and context switches per request, the CPU also
+	// against net.UDPConn+chan's.
+	ServerCPU          figure   `json:"server_cpu_ns_per_request"`
+	ServerCPUChanRatio figure   `json:"server_cpu_ratio_to_udpconn_chan"`
+	ServerSwitches     figure   `json:"server_switches_per_request"`
+	Errors             []string `json:"errors,omitempty"`
 }
 
 func (p *pingReport) summarize() {
@@ -72,7 +86,7 @@ func (p *pingReport) summarize() {
 	})
 	for _, server := range pingServers {
 		s := pingSummary{Server: server}
-		var p50s, p99s, r50s, r99s []figure
+		var p50s, p99s, r50s, r99s, c50s, c99s, cpus, cpuRatios, switches []figure
 		for _, m := range p.Measurements {
 			if m.Server != server {
 				continue
@@ -89,12 +103,24 @@ func (p *pingReport) summarize() {
 				r50s = append(r50s, ratio(float64(m.P50NS), float64(base.P50NS)))
 				r99s = append(r99s, ratio(float64(m.P99NS), float64(base.P99NS)))
 			}
+			cpus = append(cpus, serverCPU(&m))
+			switches = append(switches, ratio(float64(m.ServerSwitches), float64(m.Requests)))
+			if base := byRound[m.Round][recvUDPConnChan]; base != nil {
+				c50s = append(c50s, ratio(float64(m.P50NS), float64(base.P50NS)))
+				c99s = append(c99s, ratio(float64(m.P99NS), float64(base.P99NS)))
+				cpuRatios = append(cpuRatios, ratio(float64(serverCPU(&m)), float64(serverCPU(base))))
+			}
 		}
 		s.P50NS, s.P99NS = median(p50s), median(p99s)
 		s.P50Ratio, s.P99Ratio = median(r50s), median(r99s)
+		s.P50ChanRatio, s.P99ChanRatio = median(c50s), median(c99s)
+		s.ServerCPU, s.ServerCPUChanRatio, s.ServerSwitches = median(cpus), median(cpuRatios), median(switches)
 		p.Summary = append(p.Summary, s)
 	}
 }
+
+// serverCPU is an echo server's CPU per request.
+func serverCPU(m *pingResult) figure { return ratio(float64(m.ServerCPUNS), float64(m.Requests)) }
 
 func (p *pingReport) summaryOf(server string) *pingSummary {
 	for i := range p.Summary {
@@ -126,6 +152,14 @@ func (o *orchestrator) pingPongInto(res *pingResult, family int, server string) 
 	defer c.finishInto(&err)
 	rtts, lost, err := pingClient(netip.AddrPortFrom(loopback(family), uint16(port)), o.cfg.pingPong, time.Now().Add(o.cfg.timeout))
 	res.Lost, res.Trips = lost, len(rtts)
+	res.Requests = pingWarmup + len(rtts) + lost
+	// Told to stop, the server says what answering cost it.
+	c.stdin.Close()
+	var cost echoCost
+	if cerr := c.next(childFinishTimeout, &cost); cerr != nil && err == nil {
+		err = cerr
+	}
+	res.ServerCPUNS, res.ServerSwitches = cost.CPUNS, cost.Switches
 	if len(rtts) > 0 {
 		slices.Sort(rtts)
 		at := func(q float64) int64 { return int64(rtts[min(len(rtts)-1, int(q*float64(len(rtts))))]) }
@@ -181,9 +215,17 @@ func pingClient(dst netip.AddrPort, trips int, deadline time.Time) ([]time.Durat
 	return rtts, lost, nil
 }
 
+// echoCost is what an echo server says at its end: its CPU time and
+// context switches from when it was ready.
+type echoCost struct {
+	CPUNS    int64 `json:"cpu_ns"`
+	Switches int64 `json:"switches"`
+}
+
 // echoMain is the echo role: a ping-pong server that answers each
 // datagram with its payload until its standard input closes or -max-time
-// passes. It says {"ready":true} once it listens.
+// passes. It says {"ready":true} once it listens, and an echoCost at its
+// end.
 func echoMain(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("echo", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -199,14 +241,25 @@ func echoMain(args []string, stdout, stderr io.Writer) int {
 		_, _ = io.Copy(io.Discard, os.Stdin)
 		cancel()
 	}()
+	var start usage
+	ready := func() error {
+		start = rusage(unix.RUSAGE_SELF)
+		return json.NewEncoder(stdout).Encode(map[string]bool{"ready": true})
+	}
 	var err error
 	switch *server {
 	case recvUDPConn:
-		err = echoUDPConn(ctx, *port, stdout)
+		err = echoUDPConn(ctx, *port, ready)
+	case recvUDPConnChan:
+		err = echoUDPConnChan(ctx, *port, ready)
 	case recvUDPStream:
-		err = echoUDPStream(ctx, *port, stdout)
+		err = echoUDPStream(ctx, *port, ready)
 	default:
 		err = fmt.Errorf("unknown server %q", *server)
+	}
+	u := rusage(unix.RUSAGE_SELF).sub(start)
+	if err == nil {
+		err = json.NewEncoder(stdout).Encode(echoCost{CPUNS: int64(u.User + u.System), Switches: u.Voluntary + u.Involuntary})
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "bench echo: %v\n", err)
@@ -215,12 +268,8 @@ func echoMain(args []string, stdout, stderr io.Writer) int {
 	return 0
 }
 
-func sayReady(w io.Writer) error {
-	return json.NewEncoder(w).Encode(map[string]bool{"ready": true})
-}
-
 // echoUDPConn answers from a dual-stack net.UDPConn on [::]:port.
-func echoUDPConn(ctx context.Context, port int, stdout io.Writer) error {
+func echoUDPConn(ctx context.Context, port int, ready func() error) error {
 	pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(port))
 	if err != nil {
 		return err
@@ -229,7 +278,7 @@ func echoUDPConn(ctx context.Context, port int, stdout io.Writer) error {
 	defer conn.Close()
 	stop := context.AfterFunc(ctx, func() { _ = conn.SetReadDeadline(pastDeadline) })
 	defer stop()
-	if err := sayReady(stdout); err != nil {
+	if err := ready(); err != nil {
 		return err
 	}
 	buf := make([]byte, 64<<10)
@@ -248,15 +297,44 @@ func echoUDPConn(ctx context.Context, port int, stdout io.Writer) error {
 	return nil
 }
 
+// echoUDPConnChan answers as net.UDPConn+chan receives: one goroutine
+// reads the socket and hands each datagram over a channel; the consumer
+// answers it.
+func echoUDPConnChan(ctx context.Context, port int, ready func() error) error {
+	u, err := listenUDPConnChan(port)
+	if err != nil {
+		return err
+	}
+	defer u.conn.Close()
+	stop := context.AfterFunc(ctx, func() { _ = u.conn.SetReadDeadline(pastDeadline) })
+	defer stop()
+	var rerr error
+	go u.read(func(err error) { rerr = err })
+	if err := ready(); err != nil {
+		return err
+	}
+	answered := 0
+	for it := range u.ch {
+		if _, err := u.conn.WriteToUDPAddrPort(it.b, it.src); err != nil {
+			return err
+		}
+		if answered++; answered == maxAnswers {
+			return nil
+		}
+	}
+	// The channel is closed after read has set rerr.
+	return rerr
+}
+
 // echoUDPStream answers with Packet.Reply from a udpstream stream with
 // default options and the Payload decoder.
-func echoUDPStream(ctx context.Context, port int, stdout io.Writer) error {
+func echoUDPStream(ctx context.Context, port int, ready func() error) error {
 	s, err := udpstream.Open(ctx, uint16(port), udpstream.Payload)
 	if err != nil {
 		return err
 	}
 	defer s.Close()
-	if err := sayReady(stdout); err != nil {
+	if err := ready(); err != nil {
 		return err
 	}
 	answered := 0

@@ -29,10 +29,19 @@ const (
 	recvUDPStreamCopy = "udpstream-copy"
 	recvUDPStreamFan  = "udpstream-fanout2"
 	recvUDPStreamSock = "udpstream-socket"
+	recvUDPConnChan   = "net.UDPConn+chan"
+	recvRingFloor     = "ring-floor"
+	recvRingChanFloor = "ring+chan-floor"
 	recvUDPStreamKern = "udpstream-kernel"
 )
 
-var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
+var receiverNames = []string{recvUDPConn, recvUDPConnChan, recvXNet, recvNaive, recvAFPacket, recvRingFloor, recvRingChanFloor,
+	recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
+
+// floors are the receivers every receiver's CPU is also set against: what
+// a channel over a plain socket costs, and what udpstream's ring walk
+// costs bare and with a bare channel handover.
+var floors = []string{recvUDPConnChan, recvRingFloor, recvRingChanFloor}
 
 // recvConfig is what a receiver is told about the traffic it waits for.
 // Every receiver listens on both families.
@@ -52,6 +61,9 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvUDPStreamFan:  openUDPStreamFanout,
 	recvUDPStreamSock: openUDPStreamSocket,
 	recvUDPStreamKern: openUDPStreamKernel,
+	recvUDPConnChan:   openUDPConnChan,
+	recvRingFloor:     openRingFloor,
+	recvRingChanFloor: openRingChanFloor,
 }
 
 // session is one receiver at work.

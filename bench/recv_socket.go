@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/udpstream/udpstream"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 )
@@ -156,4 +157,76 @@ func newBatch(oob []byte) []ipv4.Message {
 		ms[i].OOB = make([]byte, len(oob))
 	}
 	return ms
+}
+
+// chanBuffer is the payload buffer of each datagram net.UDPConn+chan hands
+// over: larger than any datagram the bench sends.
+const chanBuffer = 2048
+
+// udpItem is a datagram net.UDPConn+chan hands over: its source and its
+// bytes, in one of the reader's buffers.
+type udpItem struct {
+	src netip.AddrPort
+	b   []byte
+}
+
+// udpConnChan reads a net.UDPConn on one goroutine and hands each
+// datagram over a channel of udpstream's default capacity. Its buffers
+// take turns: with capacity c, the reader fills one while c wait in the
+// channel and the consumer holds one, so c+2 of them are never
+// overwritten before the consumer is done with them.
+type udpConnChan struct {
+	conn *net.UDPConn
+	ch   chan udpItem
+}
+
+func listenUDPConnChan(port int) (*udpConnChan, error) {
+	pc, err := net.ListenPacket("udp", ":"+strconv.Itoa(port))
+	if err != nil {
+		return nil, err
+	}
+	return &udpConnChan{conn: pc.(*net.UDPConn), ch: make(chan udpItem, udpstream.DefaultChannelCapacity)}, nil
+}
+
+// read is the reading goroutine: it returns, closing the channel, on the
+// first error, which fail gets unless it is the deadline of an interrupt.
+func (u *udpConnChan) read(fail func(error)) {
+	defer close(u.ch)
+	slab := make([]byte, (cap(u.ch)+2)*chanBuffer)
+	for i := 0; ; i = (i + 1) % (cap(u.ch) + 2) {
+		buf := slab[i*chanBuffer : (i+1)*chanBuffer]
+		n, _, _, src, err := u.conn.ReadMsgUDPAddrPort(buf, nil)
+		if err != nil {
+			if !endOfLoop(err) {
+				fail(err)
+			}
+			return
+		}
+		u.ch <- udpItem{src: src, b: buf[:n]}
+	}
+}
+
+// openUDPConnChan is net.UDPConn+chan: the baseline's socket read on one
+// goroutine, each datagram handed over a channel to a consumer goroutine,
+// the shape of any channel API over a plain socket.
+func openUDPConnChan(c recvConfig, m *meter) (*session, error) {
+	u, err := listenUDPConnChan(c.port)
+	if err != nil {
+		return nil, err
+	}
+	l := m.newLane()
+	consume := func() {
+		for it := range u.ch {
+			if l.take(it.src, netip.Addr{}, 0, touch(it.b)) {
+				for range u.ch { // leave no send blocked
+				}
+				return
+			}
+		}
+	}
+	return &session{
+		loops:     []func(){func() { u.read(l.fail) }, consume},
+		interrupt: func() { _ = u.conn.SetReadDeadline(pastDeadline) },
+		close:     func() { u.conn.Close() },
+	}, nil
 }

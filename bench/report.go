@@ -105,19 +105,21 @@ type summary struct {
 	Lost      uint64 `json:"lost"`
 	LossPct   figure `json:"loss_pct"`
 
-	Rate                figure   `json:"rate"`
-	RateRatio           figure   `json:"rate_ratio"`
-	RecvCPU             figure   `json:"recv_cpu_ns_per_datagram"`
-	RecvCPURatio        figure   `json:"recv_cpu_ratio"`
-	Switches            figure   `json:"recv_switches_per_datagram"` // context switches of the receiver process
-	MachineCPU          figure   `json:"machine_cpu_ns_per_datagram"`
-	MachineCPURatio     figure   `json:"machine_cpu_ratio"`
-	SendCPU             figure   `json:"send_cpu_ns_per_datagram"`      // the sending thread, per delivered datagram
-	SendRecvCPU         figure   `json:"send_recv_cpu_ns_per_datagram"` // the sending thread and the receiver process
-	SendRecvCPURatio    figure   `json:"send_recv_cpu_ratio"`
-	KernelDrops         uint64   `json:"kernel_drops,omitempty"`
-	OtherFramesPerRound figure   `json:"other_frames_per_round"`
-	Errors              []string `json:"errors,omitempty"`
+	Rate         figure `json:"rate"`
+	RateRatio    figure `json:"rate_ratio"`
+	RecvCPU      figure `json:"recv_cpu_ns_per_datagram"`
+	RecvCPURatio figure `json:"recv_cpu_ratio"`
+	// Receiver CPU per datagram against each floor run, by its name.
+	FloorRatios         map[string]figure `json:"recv_cpu_ratio_to_floors,omitempty"`
+	Switches            figure            `json:"recv_switches_per_datagram"` // context switches of the receiver process
+	MachineCPU          figure            `json:"machine_cpu_ns_per_datagram"`
+	MachineCPURatio     figure            `json:"machine_cpu_ratio"`
+	SendCPU             figure            `json:"send_cpu_ns_per_datagram"`      // the sending thread, per delivered datagram
+	SendRecvCPU         figure            `json:"send_recv_cpu_ns_per_datagram"` // the sending thread and the receiver process
+	SendRecvCPURatio    figure            `json:"send_recv_cpu_ratio"`
+	KernelDrops         uint64            `json:"kernel_drops,omitempty"`
+	OtherFramesPerRound figure            `json:"other_frames_per_round"`
+	Errors              []string          `json:"errors,omitempty"`
 }
 
 // targetLine is one of the project's targets, judged in one run.
@@ -181,7 +183,7 @@ func (rep *report) evaluate() {
 		r := &rep.Runs[i]
 		r.Summary = nil
 		for _, recv := range rep.Meta.Receivers {
-			r.Summary = append(r.Summary, r.summarize(recv))
+			r.Summary = append(r.Summary, r.summarize(recv, rep.Meta.Receivers))
 		}
 	}
 	for i := range rep.PingPong {
@@ -193,7 +195,9 @@ func (rep *report) evaluate() {
 	}
 }
 
-func (r *runReport) summarize(recv string) summary {
+// summarize sums up one receiver's measurements; present are the
+// receivers of the run, of which the floors are judged against.
+func (r *runReport) summarize(recv string, present []string) summary {
 	s := summary{Receiver: recv}
 	var rates, recvs, machines, sends, sendRecvs, others, switches []figure
 	for i := range r.Measurements {
@@ -225,6 +229,14 @@ func (r *runReport) summarize(recv string) summary {
 	s.RateRatio = pairedRatio(r, r, recv, recvUDPConn, rate)
 	s.RecvCPURatio = pairedRatio(r, r, recv, recvUDPConn, recvCPU)
 	s.MachineCPURatio = pairedRatio(r, r, recv, recvUDPConn, machineCPU)
+	for _, f := range floors {
+		if slices.Contains(present, f) {
+			if s.FloorRatios == nil {
+				s.FloorRatios = map[string]figure{}
+			}
+			s.FloorRatios[f] = pairedRatio(r, r, recv, f, recvCPU)
+		}
+	}
 	return s
 }
 
@@ -237,11 +249,15 @@ func (r *runReport) summaryOf(recv string) *summary {
 	return nil
 }
 
-// quietTwin returns the quiet run with r's size and family.
-func (rep *report) quietTwin(r *runReport) *runReport {
+// twin returns the run that is r but for what with changes: r's quiet
+// twin, say, or its one-source twin.
+func (rep *report) twin(r *runReport, with func(*runSpec)) *runReport {
+	want := r.runSpec
+	with(&want)
 	for i := range rep.Runs {
 		q := &rep.Runs[i]
-		if !q.Flood && q.Size == r.Size && q.Family == r.Family {
+		if got := q.runSpec; got.Size == want.Size && got.Family == want.Family && got.Flood == want.Flood &&
+			got.Sources == want.Sources && got.FragPct == want.FragPct {
 			return q
 		}
 	}
@@ -257,6 +273,12 @@ const (
 	targetZeroLoss         = "udpstream zero loss at full rate, default options (quiet)"
 	targetPingP50          = "ping-pong p50 round trip <= 1.1x net.UDPConn"
 	targetPingP99          = "ping-pong p99 round trip <= 1.1x net.UDPConn"
+	targetRecvVsChanFloor  = "udpstream receiver CPU/datagram <= 1.25x ring+chan-floor"
+	targetPingChanP50      = "ping-pong p50 round trip <= 1.1x net.UDPConn+chan"
+	targetPingChanP99      = "ping-pong p99 round trip <= 1.1x net.UDPConn+chan"
+	limitRecvVsChanFloor   = 1.25
+	targetManySources      = "udpstream receiver CPU/datagram, many sources <= 1.2x one source"
+	limitManySources       = 1.2
 	limitRecvVsUDP         = 0.1
 	limitFloodVsQuiet      = 1.5
 	limitMachineVsUDP      = 0.65
@@ -282,8 +304,16 @@ func (rep *report) judge() []targetLine {
 		if has(recvAFPacket) {
 			add(targetRecvVsAF, r.Name, pairedRatio(r, r, recvUDPStream, recvAFPacket, recvCPU), limitRecvVsAFPacket)
 		}
+		if has(recvRingChanFloor) {
+			add(targetRecvVsChanFloor, r.Name, pairedRatio(r, r, recvUDPStream, recvRingChanFloor, recvCPU), limitRecvVsChanFloor)
+		}
+		if r.Sources > 1 {
+			if one := rep.twin(r, func(s *runSpec) { s.Sources = 1 }); one != nil {
+				add(targetManySources, r.Name, pairedRatio(r, one, recvUDPStream, recvUDPStream, recvCPU), limitManySources)
+			}
+		}
 		if r.Flood {
-			if q := rep.quietTwin(r); q != nil {
+			if q := rep.twin(r, func(s *runSpec) { s.Flood = false }); q != nil {
 				add(targetFloodVsQuiet, r.Name, pairedRatio(r, q, recvUDPStream, recvUDPStream, recvCPU), limitFloodVsQuiet)
 			}
 			continue
@@ -307,6 +337,8 @@ func (rep *report) judge() []targetLine {
 		name := fmt.Sprintf("ping-pong-ipv%d", p.Family)
 		add(targetPingP50, name, s.P50Ratio, limitPingVsUDP)
 		add(targetPingP99, name, s.P99Ratio, limitPingVsUDP)
+		add(targetPingChanP50, name, s.P50ChanRatio, limitPingVsUDP)
+		add(targetPingChanP99, name, s.P99ChanRatio, limitPingVsUDP)
 	}
 	return out
 }
@@ -347,15 +379,29 @@ func printReport(w io.Writer, rep *report) {
 	for _, r := range rep.Runs {
 		fmt.Fprintf(w, "\n== %s ==\n", r.title())
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "receiver\tdgram/s\tx\tlost\tloss %\trecv ns/dgram\tx\tcsw/dgram\tsend+recv ns/dgram\tx\tmachine ns/dgram\tx\t")
+		var present []string
+		for _, f := range floors {
+			if slices.Contains(m.Receivers, f) {
+				present = append(present, f)
+			}
+		}
+		head := "receiver\tdgram/s\tx\tlost\tloss %\trecv ns/dgram\tx\t"
+		for _, f := range present {
+			head += "x " + f + "\t"
+		}
+		fmt.Fprintln(tw, head+"csw/dgram\tsend+recv ns/dgram\tx\tmachine ns/dgram\tx\t")
 		for _, s := range r.Summary {
 			if s.Rounds == 0 {
 				fmt.Fprintf(tw, "%s\tfailed\t\n", s.Receiver)
 				continue
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
-				s.Receiver, rateString(s.Rate), s.RateRatio, s.Lost, s.LossPct,
-				s.RecvCPU, s.RecvCPURatio, s.Switches, s.SendRecvCPU, s.SendRecvCPURatio, s.MachineCPU, s.MachineCPURatio)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t",
+				s.Receiver, rateString(s.Rate), s.RateRatio, s.Lost, s.LossPct, s.RecvCPU, s.RecvCPURatio)
+			for _, f := range present {
+				fmt.Fprintf(tw, "%s\t", s.FloorRatios[f])
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t\n",
+				s.Switches, s.SendRecvCPU, s.SendRecvCPURatio, s.MachineCPU, s.MachineCPURatio)
 		}
 		tw.Flush()
 		for _, s := range r.Summary {
@@ -367,9 +413,10 @@ func printReport(w io.Writer, rep *report) {
 	for _, p := range rep.PingPong {
 		fmt.Fprintf(w, "\n== ping-pong, IPv%d, %d round trips one at a time, 64 B ==\n", p.Family, p.Trips)
 		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-		fmt.Fprintln(tw, "server\tp50 µs\tx\tp99 µs\tx\tlost\t")
+		fmt.Fprintln(tw, "server\tp50 µs\tx\tx +chan\tp99 µs\tx\tx +chan\tserver CPU µs/request\tx +chan\tcsw/request\tlost\t")
 		for _, s := range p.Summary {
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t\n", s.Server, micros(float64(s.P50NS)), s.P50Ratio, micros(float64(s.P99NS)), s.P99Ratio, s.Lost)
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\t\n", s.Server, micros(float64(s.P50NS)), s.P50Ratio, s.P50ChanRatio,
+				micros(float64(s.P99NS)), s.P99Ratio, s.P99ChanRatio, micros(float64(s.ServerCPU)), s.ServerCPUChanRatio, s.ServerSwitches, s.Lost)
 		}
 		tw.Flush()
 		for _, s := range p.Summary {

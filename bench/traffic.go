@@ -73,20 +73,15 @@ func newBlasterFrom(src netip.Addr, dst netip.AddrPort, size int) (_ *blaster, e
 	if family == 6 {
 		domain = unix.AF_INET6
 	}
-	fd, err := unix.Socket(domain, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+	fd, err := sendSocket(domain, unix.SOCK_DGRAM, 0)
 	if err != nil {
-		return nil, os.NewSyscallError("socket", err)
+		return nil, err
 	}
 	defer func() {
 		if err != nil {
 			unix.Close(fd)
 		}
 	}()
-	// A send that blocks (the socket's buffer full) returns within this.
-	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
-	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
-		return nil, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
-	}
 	b := &blaster{fd: fd, payload: make([]byte, size)}
 	for i := range b.payload {
 		b.payload[i] = payloadByte
@@ -121,6 +116,21 @@ func newBlasterFrom(src netip.Addr, dst netip.AddrPort, size int) (_ *blaster, e
 }
 
 func (b *blaster) close() { unix.Close(b.fd) }
+
+// sendSocket opens a blocking socket for a sender, whose sends return
+// within 100 ms when its buffer stays full.
+func sendSocket(domain, typ, proto int) (int, error) {
+	fd, err := unix.Socket(domain, typ|unix.SOCK_CLOEXEC, proto)
+	if err != nil {
+		return -1, os.NewSyscallError("socket", err)
+	}
+	tv := unix.NsecToTimeval(int64(100 * time.Millisecond))
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &tv); err != nil {
+		unix.Close(fd)
+		return -1, os.NewSyscallError("setsockopt SO_SNDTIMEO", err)
+	}
+	return fd, nil
+}
 
 // sendmmsg sends the first n messages and returns how many the kernel
 // took.
@@ -165,9 +175,15 @@ type sendResult struct {
 	Rate         float64
 }
 
-// blast sends count datagrams on a thread of its own, whose CPU time it
-// measures.
-func (b *blaster) blast(clock monoClock, count int, deadline time.Time) (sendResult, error) {
+// datagramSender is a blaster or manySources.
+type datagramSender interface {
+	send(count int, deadline time.Time, stop *atomic.Bool) (int, error)
+	close()
+}
+
+// blast sends count datagrams with b on a thread of its own, whose CPU
+// time it measures.
+func blast(b datagramSender, clock monoClock, count int, deadline time.Time) (sendResult, error) {
 	runtime.LockOSThread()
 	// Unlocked, not left to die with the goroutine: the child processes
 	// are tied to their parent thread by Pdeathsig.
