@@ -246,8 +246,7 @@ func TestJoinFollowsInterfaces(t *testing.T) {
 	if _, ok := procGroups(t)[membership{joinG4, near.Index}]; ok {
 		t.Fatal("joined on an interface that is down")
 	}
-	ip(t, "link", "set", "late1", "up")
-	ip(t, "link", "set", "late0", "up")
+	linkUp(t, "late1", "late0")
 	waitGroups(t, "late0", true, joinG4, joinG6, unjoin4)
 
 	in := newInjector(t, peer, near.HardwareAddr)
@@ -263,7 +262,12 @@ func TestJoinFollowsInterfaces(t *testing.T) {
 			pkt = h.udp(4000, s.Port(), []byte("late"))
 		}
 		mcastInjector(in, g).send(t, pkt)
-		p := recvOne(t, s.Packets(), 2*time.Second)
+		var p Packet[[]byte]
+		select {
+		case p = <-s.Packets():
+		case <-time.After(2 * time.Second):
+			t.Fatalf("to %v: nothing within 2s; stats %+v", g, s.Stats())
+		}
 		if p.Err != nil || p.Header.Dst.Addr().WithZone("") != g || p.Header.IfIndex != near.Index {
 			t.Fatalf("to %v: got %v to %v on %d, err %v", g, p.Header.Src, p.Header.Dst, p.Header.IfIndex, p.Err)
 		}

@@ -78,11 +78,38 @@ func sendTo(t *testing.T, c *net.UDPConn, addr string, port uint16, payload []by
 func vethPair(t *testing.T, a, b string) (bIf *net.Interface, aMAC net.HardwareAddr, aIf *net.Interface) {
 	t.Helper()
 	ip(t, "link", "add", a, "type", "veth", "peer", "name", b)
-	ip(t, "link", "set", a, "up")
-	ip(t, "link", "set", b, "up")
+	linkUp(t, a, b)
 	ai := iface(t, a)
 	bi := iface(t, b)
 	return bi, ai.HardwareAddr, ai
+}
+
+// linkUp sets the links up and waits until the kernel has them carry
+// frames. "ip link set up" returns before that: the kernel turns a link's
+// carrier and queueing discipline on a moment later (linkwatch), and
+// until then it drops what is sent on it, as a test's first datagram.
+func linkUp(t *testing.T, names ...string) {
+	t.Helper()
+	for _, name := range names {
+		ip(t, "link", "set", name, "up")
+	}
+	// The namespace's own view: /sys shows the one it was mounted in.
+	deadline := time.Now().Add(5 * time.Second)
+	for _, name := range names {
+		for {
+			out, err := exec.Command("ip", "-o", "link", "show", "dev", name).CombinedOutput()
+			if err == nil && strings.Contains(string(out), " state UP ") {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is not up after 5 s: %s %v", name, out, err)
+			}
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	// The operational state is set just before the queueing discipline
+	// is attached, under the same lock.
+	time.Sleep(5 * time.Millisecond)
 }
 
 // injectLink makes a veth link whose near end, in0, has the given
