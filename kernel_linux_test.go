@@ -224,6 +224,44 @@ func TestKernelModeStall(t *testing.T) {
 	}
 }
 
+// TestKernelModeBurstOverRing stalls the consumer while one family's
+// burst overflows its ring but not the socket, and a datagram of the other
+// family comes behind it: the other receive goroutine reads the whole
+// burst's twins looking for its own, more than the pairing keeps. The
+// datagrams the ring holds still pair; none is taken for refused.
+func TestKernelModeBurstOverRing(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	frames := s.sys.sources[0].(*packetSocket).frames
+	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
+	const sent = 2400
+	for i := range sent {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	sendTo(t, c6, "::1", s.Port(), []byte("six"))
+	time.Sleep(300 * time.Millisecond)
+	n := 0
+	for {
+		select {
+		case p := <-s.Packets():
+			if p.Err != nil {
+				t.Fatalf("%q: %v", p.Value, p.Err)
+			}
+			n++
+			continue
+		case <-time.After(500 * time.Millisecond):
+		}
+		break
+	}
+	st := settled(t, s)
+	if st.Rejected != 0 || n < frames || st.Delivered != uint64(n) || st.Delivered+st.Dropped() != sent+1 {
+		t.Errorf("%d delivered, the ring holds %d: stats %+v", n, frames, st)
+	}
+}
+
 // TestKernelModeReplyCancel replies from the exact destination address,
 // spreads flows over a fanout group, and ends the stream by Close and by
 // cancel with nothing left behind.

@@ -212,9 +212,10 @@ const (
 
 // twinReader reads the twins waiting on the stream's UDP socket.
 type twinReader interface {
-	// readTwins reads what the socket holds, up to a bound, and passes
-	// each twin to v.twin; it notes in v when it found the socket empty
-	// and when the read began.
+	// readTwins reads what the socket holds, up to a bound and while v
+	// has room, and passes each twin to v.twin; it notes in v when it
+	// found the socket empty and when a read not cut short for room
+	// began.
 	readTwins(v *verdicts)
 	// drops returns the socket's count of datagrams it dropped.
 	drops() uint64
@@ -233,6 +234,7 @@ type verdicts struct {
 
 	owners []*twinOwner
 
+	evict       bool   // a full table of twins makes room by its oldest
 	sockEmptyAt int64  // when the last read that found the socket empty began
 	readAt      int64  // when the last whole read began
 	dropsSeen   uint64 // the socket's drop count when last read
@@ -296,6 +298,16 @@ func (v *verdicts) owner(fam uint8) int {
 		emptyAt: -1,
 	})
 	return len(v.owners) - 1
+}
+
+// room reports whether n more twins may be read from the socket. Twins
+// wait in the table for ring datagrams not yet taken, or whose ring copy
+// was lost, until a sweep; the socket's queue keeps the rest. Only a
+// receive goroutine that can take no more ring datagrams until some of
+// those it holds pair makes room by dropping the oldest twins. Called with
+// mu held.
+func (v *verdicts) room(n int) bool {
+	return v.evict || len(v.twins.ents)-v.twins.n >= n
 }
 
 // twin takes one twin read from the socket at time at (wall on the
@@ -485,6 +497,7 @@ func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
 		if ringEmptyAt >= 0 {
 			kv.own.emptyAt = ringEmptyAt
 		}
+		v.evict = kv.count == len(kv.slots)
 		v.sock.readTwins(v)
 		v.sweep()
 		more := h.collect()

@@ -82,8 +82,12 @@ func (us *udpSocket) readTwins(v *verdicts) {
 		return
 	}
 	began := v.now()
-	defer func() { v.readAt = began }()
 	for range twinReads {
+		if !v.room(socketBatch) {
+			// The rest stays queued on the socket until the pairing has
+			// room for it: not a whole read.
+			return
+		}
 		before := v.now()
 		us.block = false
 		if us.rc.Control(us.controlFn) != nil || us.err != nil {
@@ -99,12 +103,13 @@ func (us *udpSocket) readTwins(v *verdicts) {
 		}
 		if us.n < socketBatch {
 			v.sockEmptyAt = before
-			return
+			break
 		}
 		if v.held.len() == 0 {
-			return
+			break
 		}
 	}
+	v.readAt = began
 }
 
 // drops returns the socket's count of dropped datagrams.
