@@ -262,6 +262,55 @@ func TestKernelModeBurstOverRing(t *testing.T) {
 	}
 }
 
+// TestKernelModeIdleFanoutMember sends one flow to a fanout group of two,
+// so that one member's ring stays empty and its goroutine asleep, in
+// bursts that overflow the other's ring but not the socket: the twins of
+// the datagrams the ring lost are counted socket-only, not kept until the
+// pairing has no room for more, and the datagrams that follow are
+// delivered.
+func TestKernelModeIdleFanoutMember(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithFanout(2), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for range 3 {
+		for i := range 2400 {
+			sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+		}
+		time.Sleep(100 * time.Millisecond)
+		for {
+			select {
+			case <-s.Packets():
+				continue
+			case <-time.After(300 * time.Millisecond):
+			}
+			break
+		}
+	}
+	v := s.sys.verdict
+	for i := 0; ; i++ {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte("after"))
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after" {
+			t.Fatalf("%q: %v", p.Value, p.Err)
+		}
+		v.mu.Lock()
+		n := v.twins.len()
+		v.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("%d twins still wait for their ring datagram: %+v", n, s.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := settled(t, s); st.Rejected != 0 || st.SocketOnly == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
 // TestKernelModeReplyCancel replies from the exact destination address,
 // spreads flows over a fanout group, and ends the stream by Close and by
 // cancel with nothing left behind.

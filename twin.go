@@ -249,10 +249,12 @@ type verdicts struct {
 // twinOwner is one receive goroutine's part of the pairing state.
 type twinOwner struct {
 	fam     uint8
-	paired  []bool   // by held slot: the twin came
-	seqs    []uint64 // by held slot: its place in the ring's order
-	emptyAt int64    // just before its ring was last found empty
-	lastTS  int64    // the latest receive time of a datagram it took
+	paired  []bool      // by held slot: the twin came
+	seqs    []uint64    // by held slot: its place in the ring's order
+	emptyAt int64       // just before its ring was last found empty
+	asleep  bool        // waiting in the poller for its ring
+	ready   func() bool // whether its ring has a frame to take; asked only while asleep
+	lastTS  int64       // the latest receive time of a datagram it took
 
 	// Pairings that are evidence for the datagrams before them in the
 	// ring (see twinGrace): each is later in the ring, and paired later,
@@ -350,8 +352,18 @@ func (v *verdicts) pair(ref int32, at int64) {
 // after that (and so wrote to the ring after it), or one received twinLate
 // after the twin (longer than any CPU's backlog holds a datagram back),
 // the datagram was taken and dropped, or never reached the ring because it
-// was full. Called with mu held.
+// was full. A goroutine asleep in the poller has its ring looked at here:
+// it may sleep for long. Called with mu held.
 func (v *verdicts) sweep() {
+	if v.twins.oldest < 0 {
+		return
+	}
+	now := v.now() // before the look at the rings
+	for _, o := range v.owners {
+		if o.asleep && !o.ready() {
+			o.emptyAt = now
+		}
+	}
 	for v.twins.oldest >= 0 {
 		e := v.twins.entry(v.twins.oldest)
 		for _, o := range v.owners {
@@ -558,6 +570,16 @@ func (h *handler[T]) twinsWaiting() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.waiting(h.fam)
+}
+
+// sleeping notes that the goroutine waits in the poller for its ring, or
+// has stopped waiting: while it waits, other goroutines look at its ring
+// when they sweep.
+func (h *handler[T]) sleeping(on bool) {
+	v := h.kv.v
+	v.mu.Lock()
+	h.kv.own.asleep = on
+	v.mu.Unlock()
 }
 
 // abandonHeld counts what the goroutine still holds as abandoned: the
