@@ -311,6 +311,42 @@ func TestKernelModeIdleFanoutMember(t *testing.T) {
 	}
 }
 
+// TestKernelModeAfterBurst overflows the ring with a burst the consumer
+// does not read: the twins of the datagrams the ring lost stay on the
+// socket, where no ring datagram waits for them. The datagrams that follow
+// once the burst is read must still reach the socket, and be delivered.
+func TestKernelModeAfterBurst(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for i := range 8000 {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	time.Sleep(100 * time.Millisecond)
+	for {
+		select {
+		case <-s.Packets():
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	before := settled(t, s)
+	for i := range 3 {
+		time.Sleep(50 * time.Millisecond)
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte("after"))
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after" {
+			t.Fatalf("%d: %q: %v", i, p.Value, p.Err)
+		}
+	}
+	if st := settled(t, s); st.KernelDrops != before.KernelDrops || st.Rejected != 0 {
+		t.Errorf("stats %+v, before %+v", st, before)
+	}
+}
+
 // TestKernelModeReplyCancel replies from the exact destination address,
 // spreads flows over a fanout group, and ends the stream by Close and by
 // cancel with nothing left behind.

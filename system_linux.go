@@ -343,6 +343,7 @@ func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) er
 			}
 			batch = 0
 			if h.kv != nil {
+				h.drainTwins()
 				h.sleeping(true)
 			}
 			err := ps.wait()

@@ -235,6 +235,7 @@ type verdicts struct {
 	owners []*twinOwner
 
 	evict       bool   // a full table of twins makes room by its oldest
+	drain       bool   // read the socket though no ring datagram waits
 	sockEmptyAt int64  // when the last read that found the socket empty began
 	readAt      int64  // when the last whole read began
 	dropsSeen   uint64 // the socket's drop count when last read
@@ -570,6 +571,21 @@ func (h *handler[T]) twinsWaiting() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.waiting(h.fam)
+}
+
+// drainTwins reads, before the goroutine sleeps, the twins left on the
+// socket though no ring datagram waits for them: those of datagrams the
+// ring lost, or never sees (looped-back multicast). Left there they would
+// fill the socket's buffer, and the kernel would drop the twins of the
+// datagrams to come.
+func (h *handler[T]) drainTwins() {
+	v := h.kv.v
+	v.mu.Lock()
+	v.evict, v.drain = false, true
+	v.sock.readTwins(v)
+	v.drain = false
+	v.sweep()
+	v.mu.Unlock()
 }
 
 // sleeping notes that the goroutine waits in the poller for its ring, or

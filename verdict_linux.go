@@ -74,11 +74,11 @@ func openTwinSocket(cfg *config, port uint16, ifName string) (*udpSocket, uint16
 }
 
 // readTwins reads the twins the socket holds while ring datagrams wait
-// for theirs: the socket's queue, not the pairing's table, holds the twins
-// of datagrams still in a ring. A read that comes back with fewer than it
+// for theirs, or when v.drain asks: the socket's queue, not the pairing's
+// table, holds the twins of datagrams still in a ring. A read that comes back with fewer than it
 // asked for found the socket empty before it returned.
 func (us *udpSocket) readTwins(v *verdicts) {
-	if v.held.len() == 0 {
+	if v.held.len() == 0 && !v.drain {
 		return
 	}
 	began := v.now()
@@ -105,7 +105,7 @@ func (us *udpSocket) readTwins(v *verdicts) {
 			v.sockEmptyAt = before
 			break
 		}
-		if v.held.len() == 0 {
+		if v.held.len() == 0 && !v.drain {
 			break
 		}
 	}
