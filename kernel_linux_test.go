@@ -347,6 +347,79 @@ func TestKernelModeAfterBurst(t *testing.T) {
 	}
 }
 
+// TestKernelModeRejectedAfterOverflow overflows the ring and the socket
+// with a burst the consumer does not read, then sends a datagram the
+// kernel refuses (strict reverse-path filtering): the socket's drops
+// during the burst are no reason for a refusal long after it, which counts
+// as rejected, not as a kernel drop.
+func TestKernelModeRejectedAfterOverflow(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24")
+	for _, f := range []string{"all", in.ifi.Name} {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+f+"/rp_filter", []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for i := range 8000 {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	time.Sleep(100 * time.Millisecond)
+	for {
+		select {
+		case <-s.Packets():
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	before := settled(t, s)
+	if before.KernelDrops == 0 || before.Rejected != 0 {
+		t.Fatalf("after the burst: %+v", before)
+	}
+	// A ring-mode monitor of the link counts the refused datagrams that
+	// reached the host (a frame injected on a busy machine may be lost).
+	mon := openT(t, s.Port(), Payload, WithMonitor(), WithNetwork("udp4"), WithInterface("in0"))
+	h4 := v4()
+	h4.dst = netip.MustParseAddr("192.0.2.10").As4()
+	passed := 0
+	for i := 0; passed == 0 || settled(t, mon).Delivered+settled(t, mon).Dropped()-settled(t, mon).NotUDP == uint64(passed); i++ {
+		if i == 20 {
+			t.Fatalf("the link lost every datagram: %d passed, monitor %+v", passed, settled(t, mon))
+		}
+		h4.src = netip.MustParseAddr("198.51.100.7").As4() // no route back
+		in.send(t, h4.udp(4000, s.Port(), []byte("refused")))
+		h4.src = netip.MustParseAddr("192.0.2.7").As4()
+		in.send(t, h4.udp(4000, s.Port(), []byte("let through")))
+		for done := false; !done; {
+			select {
+			case p := <-mon.Packets():
+				if string(p.Value) == "let through" {
+					passed++
+					done = true
+				}
+			case <-time.After(500 * time.Millisecond):
+				done = true
+			}
+		}
+	}
+	ms := settled(t, mon)
+	refused := ms.Delivered + ms.Dropped() - ms.NotUDP - uint64(passed)
+	for range passed {
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "let through" {
+			t.Fatalf("%q: %v", p.Value, p.Err)
+		}
+	}
+	st := settled(t, s)
+	if st.Rejected != refused || st.KernelDrops != before.KernelDrops {
+		t.Errorf("%d rejected, %d more kernel drops, want %d and 0: %+v", st.Rejected, st.KernelDrops-before.KernelDrops, refused, st)
+	}
+}
+
 // TestKernelModeReplyCancel replies from the exact destination address,
 // spreads flows over a fanout group, and ends the stream by Close and by
 // cancel with nothing left behind.

@@ -239,6 +239,7 @@ type verdicts struct {
 	sockEmptyAt int64  // when the last read that found the socket empty began
 	readAt      int64  // when the last whole read began
 	dropsSeen   uint64 // the socket's drop count when last read
+	dropsWall   int64  // when, ns since the epoch, it was last seen to grow
 	overflow    uint64 // socket drops not yet set against a datagram without twin
 
 	socketOnly atomic.Uint64 // twins whose ring datagram never came
@@ -403,17 +404,25 @@ func (v *verdicts) refused(o *twinOwner, seq uint64, at int64) bool {
 	return o.nmark > 0 && v.readAt >= o.marks[o.mark].at+int64(twinGrace)
 }
 
-// refusal returns the drop verdict of a ring datagram without twin: the
-// kernel refused it, unless the socket dropped datagrams for want of room
-// that no other datagram without twin accounts for.
-func (v *verdicts) refusal() verdict {
-	if v.overflow == 0 {
-		if d := v.sock.drops(); d > v.dropsSeen {
-			v.overflow += d - v.dropsSeen
-			v.dropsSeen = d
-		}
+// noteDrops reads the socket's count of dropped datagrams, noting when it
+// grew. It is read whenever ring datagrams wait for their twins, so that
+// drops are known close to when they happened. Called with mu held.
+func (v *verdicts) noteDrops() {
+	if d := v.sock.drops(); d > v.dropsSeen {
+		v.overflow += d - v.dropsSeen
+		v.dropsSeen = d
+		v.dropsWall = time.Now().UnixNano()
 	}
-	if v.overflow > 0 {
+}
+
+// refusal returns the drop verdict of a ring datagram without twin, which
+// the kernel received at ts: the kernel refused it, unless the socket
+// dropped datagrams for want of room that no other datagram without twin
+// accounts for, and was seen to after ts (its twin would have been
+// dropped then). Called with mu held.
+func (v *verdicts) refusal(ts int64) verdict {
+	v.noteDrops()
+	if v.overflow > 0 && ts <= v.dropsWall {
 		v.overflow--
 		return dropKernel
 	}
@@ -511,6 +520,9 @@ func (h *handler[T]) settle(ctx context.Context, ringEmptyAt int64) error {
 			kv.own.emptyAt = ringEmptyAt
 		}
 		v.evict = kv.count == len(kv.slots)
+		if v.held.len() > 0 {
+			v.noteDrops()
+		}
 		v.sock.readTwins(v)
 		v.sweep()
 		more := h.collect()
@@ -548,7 +560,7 @@ func (h *handler[T]) collect() (more bool) {
 		case v.refused(kv.own, s.seq, s.at):
 			v.held.remove(s.entry)
 			h.counts.pending.Add(^uint64(0))
-			h.counts.drops[v.refusal()].Add(1)
+			h.counts.drops[v.refusal(s.ts)].Add(1)
 		default:
 			continue
 		}
