@@ -23,7 +23,10 @@ var twinOptions = []sockOpt{
 }
 
 // twinReads bounds the recvmmsg calls of one readTwins: a socket that
-// never runs dry must not keep a receive goroutine from its ring.
+// never runs dry must not keep a receive goroutine from its ring. A read
+// that drains the socket before the goroutine sleeps is bounded by the
+// pairing's room instead: the kernel gives a UDP socket's memory back
+// only once a good part of its buffer has been read.
 const twinReads = 16
 
 // openTwinSocket reserves the port with a socket that receives, and takes
@@ -82,7 +85,7 @@ func (us *udpSocket) readTwins(v *verdicts) {
 		return
 	}
 	began := v.now()
-	for range twinReads {
+	for i := 0; i < twinReads || v.drain; i++ {
 		if !v.room(socketBatch) {
 			// The rest stays queued on the socket until the pairing has
 			// room for it: not a whole read.
