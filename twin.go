@@ -405,8 +405,9 @@ func (v *verdicts) refused(o *twinOwner, seq uint64, at int64) bool {
 }
 
 // noteDrops reads the socket's count of dropped datagrams, noting when it
-// grew. It is read whenever ring datagrams wait for their twins, so that
-// drops are known close to when they happened. Called with mu held.
+// grew. It is read whenever ring datagrams wait for their twins, and
+// before a receive goroutine sleeps, so that drops are known close to
+// when they happened. Called with mu held.
 func (v *verdicts) noteDrops() {
 	if d := v.sock.drops(); d > v.dropsSeen {
 		v.overflow += d - v.dropsSeen
@@ -593,6 +594,7 @@ func (h *handler[T]) twinsWaiting() bool {
 func (h *handler[T]) drainTwins() {
 	v := h.kv.v
 	v.mu.Lock()
+	v.noteDrops()
 	v.evict, v.drain = false, true
 	v.sock.readTwins(v)
 	v.drain = false
