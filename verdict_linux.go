@@ -11,9 +11,11 @@ import (
 // what the kernel delivers to it is its verdict on the ring's datagrams
 // (see twin.go). It is read only for that, twinPrefix bytes of each
 // datagram with the receive time and destination, by the receive
-// goroutines whenever they pair. It is kept off the runtime poller: the
-// poller watches its sockets for their whole life, and a socket with a
-// datagram for each one the ring takes would wake an idle thread for each.
+// goroutines whenever they pair and before they sleep, so that twins no
+// ring datagram waits for do not fill it. It is kept off the runtime
+// poller: the poller watches its sockets for their whole life, and a
+// socket with a datagram for each one the ring takes would wake an idle
+// thread for each.
 
 // twinOptions are the control messages a twin is paired on.
 var twinOptions = []sockOpt{
