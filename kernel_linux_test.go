@@ -224,6 +224,202 @@ func TestKernelModeStall(t *testing.T) {
 	}
 }
 
+// TestKernelModeBurstOverRing stalls the consumer while one family's
+// burst overflows its ring but not the socket, and a datagram of the other
+// family comes behind it: the other receive goroutine reads the whole
+// burst's twins looking for its own, more than the pairing keeps. The
+// datagrams the ring holds still pair; none is taken for refused.
+func TestKernelModeBurstOverRing(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	frames := s.sys.sources[0].(*packetSocket).frames
+	c4, c6 := udpSender(t, "udp4", 64, 0), udpSender(t, "udp6", 64, 0)
+	const sent = 2400
+	for i := range sent {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	sendTo(t, c6, "::1", s.Port(), []byte("six"))
+	time.Sleep(300 * time.Millisecond)
+	n := 0
+	for {
+		select {
+		case p := <-s.Packets():
+			if p.Err != nil {
+				t.Fatalf("%q: %v", p.Value, p.Err)
+			}
+			n++
+			continue
+		case <-time.After(500 * time.Millisecond):
+		}
+		break
+	}
+	st := settled(t, s)
+	if st.Rejected != 0 || n < frames || st.Delivered != uint64(n) || st.Delivered+st.Dropped() != sent+1 {
+		t.Errorf("%d delivered, the ring holds %d: stats %+v", n, frames, st)
+	}
+}
+
+// TestKernelModeIdleFanoutMember sends one flow to a fanout group of two,
+// so that one member's ring stays empty and its goroutine asleep, in
+// bursts that overflow the other's ring but not the socket: the twins of
+// the datagrams the ring lost are counted socket-only, not kept until the
+// pairing has no room for more, and the datagrams that follow are
+// delivered.
+func TestKernelModeIdleFanoutMember(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithFanout(2), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for range 3 {
+		for i := range 2400 {
+			sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+		}
+		time.Sleep(100 * time.Millisecond)
+		for {
+			select {
+			case <-s.Packets():
+				continue
+			case <-time.After(300 * time.Millisecond):
+			}
+			break
+		}
+	}
+	v := s.sys.verdict
+	for i := 0; ; i++ {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte("after"))
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after" {
+			t.Fatalf("%q: %v", p.Value, p.Err)
+		}
+		v.mu.Lock()
+		n := v.twins.len()
+		v.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if i == 100 {
+			t.Fatalf("%d twins still wait for their ring datagram: %+v", n, s.Stats())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if st := settled(t, s); st.Rejected != 0 || st.SocketOnly == 0 {
+		t.Errorf("stats %+v", st)
+	}
+}
+
+// TestKernelModeAfterBurst overflows the ring with a burst the consumer
+// does not read: the twins of the datagrams the ring lost stay on the
+// socket, where no ring datagram waits for them. The datagrams that follow
+// once the burst is read must still reach the socket, and be delivered.
+func TestKernelModeAfterBurst(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for i := range 8000 {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	time.Sleep(100 * time.Millisecond)
+	for {
+		select {
+		case <-s.Packets():
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	before := settled(t, s)
+	for i := range 3 {
+		time.Sleep(50 * time.Millisecond)
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte("after"))
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "after" {
+			t.Fatalf("%d: %q: %v", i, p.Value, p.Err)
+		}
+	}
+	if st := settled(t, s); st.KernelDrops != before.KernelDrops || st.Rejected != 0 {
+		t.Errorf("stats %+v, before %+v", st, before)
+	}
+}
+
+// TestKernelModeRejectedAfterOverflow overflows the ring and the socket
+// with a burst the consumer does not read, then sends a datagram the
+// kernel refuses (strict reverse-path filtering): the socket's drops
+// during the burst are no reason for a refusal long after it, which counts
+// as rejected, not as a kernel drop.
+func TestKernelModeRejectedAfterOverflow(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	in := injectLink(t, "192.0.2.10/24")
+	for _, f := range []string{"all", in.ifi.Name} {
+		if err := os.WriteFile("/proc/sys/net/ipv4/conf/"+f+"/rp_filter", []byte("1"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
+	c4 := udpSender(t, "udp4", 64, 0)
+	for i := range 8000 {
+		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
+	}
+	time.Sleep(100 * time.Millisecond)
+	for {
+		select {
+		case <-s.Packets():
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		break
+	}
+	before := settled(t, s)
+	if before.KernelDrops == 0 || before.Rejected != 0 {
+		t.Fatalf("after the burst: %+v", before)
+	}
+	// A ring-mode monitor of the link counts the refused datagrams that
+	// reached the host (a frame injected on a busy machine may be lost).
+	mon := openT(t, s.Port(), Payload, WithMonitor(), WithNetwork("udp4"), WithInterface("in0"))
+	h4 := v4()
+	h4.dst = netip.MustParseAddr("192.0.2.10").As4()
+	passed := 0
+	for i := 0; passed == 0 || settled(t, mon).Delivered+settled(t, mon).Dropped()-settled(t, mon).NotUDP == uint64(passed); i++ {
+		if i == 20 {
+			t.Fatalf("the link lost every datagram: %d passed, monitor %+v", passed, settled(t, mon))
+		}
+		h4.src = netip.MustParseAddr("198.51.100.7").As4() // no route back
+		in.send(t, h4.udp(4000, s.Port(), []byte("refused")))
+		h4.src = netip.MustParseAddr("192.0.2.7").As4()
+		in.send(t, h4.udp(4000, s.Port(), []byte("let through")))
+		for done := false; !done; {
+			select {
+			case p := <-mon.Packets():
+				if string(p.Value) == "let through" {
+					passed++
+					done = true
+				}
+			case <-time.After(500 * time.Millisecond):
+				done = true
+			}
+		}
+	}
+	ms := settled(t, mon)
+	refused := ms.Delivered + ms.Dropped() - ms.NotUDP - uint64(passed)
+	for range passed {
+		if p := recvOne(t, s.Packets(), 2*time.Second); string(p.Value) != "let through" {
+			t.Fatalf("%q: %v", p.Value, p.Err)
+		}
+	}
+	st := settled(t, s)
+	if st.Rejected != refused || st.KernelDrops != before.KernelDrops {
+		t.Errorf("%d rejected, %d more kernel drops, want %d and 0: %+v", st.Rejected, st.KernelDrops-before.KernelDrops, refused, st)
+	}
+}
+
 // TestKernelModeReplyCancel replies from the exact destination address,
 // spreads flows over a fanout group, and ends the stream by Close and by
 // cancel with nothing left behind.

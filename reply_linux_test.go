@@ -246,7 +246,12 @@ func TestReplyAllocs(t *testing.T) {
 	if !inNetns(t) {
 		return
 	}
-	s := openT(t, 0, HeaderOnly)
+	for _, mode := range []Mode{ModeRing, ModeKernel} {
+		testReplyAllocs(t, openT(t, 0, HeaderOnly, WithMode(mode)))
+	}
+}
+
+func testReplyAllocs(t *testing.T, s *Stream[struct{}]) {
 	for _, network := range []string{"udp4", "udp6"} {
 		c := udpSender(t, network, 64, 0)
 		addr := "127.0.0.1"
@@ -263,7 +268,7 @@ func TestReplyAllocs(t *testing.T) {
 			}
 		})
 		if allocs != 0 {
-			t.Errorf("%s: %.1f allocations per reply, want 0", network, allocs)
+			t.Errorf("%v, %s: %.1f allocations per reply, want 0", s.Mode(), network, allocs)
 		}
 	}
 }

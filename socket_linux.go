@@ -38,9 +38,11 @@ type udpSocket struct {
 	rc        syscall.RawConn
 	readFn    func(uintptr) bool // us.read, made once: a method value allocates
 	controlFn func(uintptr)      // the same for RawConn.Control
-	slot      int                // bytes of each datagram read
-	inet6     bool               // an AF_INET6 socket (a twin socket's)
-	flags     int                // more recvmmsg flags
+	dropsFn   func(uintptr)      // reads the drop count into dropCount
+	dropCount uint64
+	slot      int  // bytes of each datagram read
+	inet6     bool // an AF_INET6 socket (a twin socket's)
+	flags     int  // more recvmmsg flags
 
 	hdrs  [socketBatch]unix.Mmsghdr
 	iovs  [socketBatch]unix.Iovec
@@ -117,6 +119,7 @@ func newSocketReader(rc syscall.RawConn, slot, flags int) *udpSocket {
 	}
 	us.readFn = us.read
 	us.controlFn = func(fd uintptr) { us.read(fd) }
+	us.dropsFn = func(fd uintptr) { us.dropCount = socketDrops(int(fd)) }
 	for i := range us.hdrs {
 		us.iovs[i].Base = &us.bufs[i*slot]
 		us.iovs[i].SetLen(slot)

@@ -1022,7 +1022,12 @@ func TestGSO(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	s := openT(t, 0, Payload)
+	for _, mode := range []Mode{ModeRing, ModeKernel} {
+		testGSO(t, openT(t, 0, Payload, WithMode(mode)))
+	}
+}
+
+func testGSO(t *testing.T, s *Stream[[]byte]) {
 	for _, c := range []struct {
 		network, addr string
 		size, total   int
@@ -1068,7 +1073,7 @@ func TestGSO(t *testing.T) {
 		}
 		expectNone(t, s.Packets(), 50*time.Millisecond)
 		if st := settled(t, s); st.Delivered-before != uint64((c.total+c.size-1)/c.size) || st.Dropped() != 0 {
-			t.Fatalf("%s: %+v", c.network, st)
+			t.Fatalf("%v, %s: %+v", s.Mode(), c.network, st)
 		}
 	}
 }

@@ -279,6 +279,9 @@ func (s *system) run(ctx context.Context, recv func(i int) func(context.Context)
 // ends it counts what it leaves behind (see drain).
 func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) error {
 	defer drain(ps, h)
+	if h.kv != nil {
+		h.kv.own.ready = ps.ready // asked only while it sleeps
+	}
 	var m frameMeta
 	batch := 0         // frames since the ring was last found empty
 	rechecked := false // kernel-verdict mode: the ring looked at again for twins read
@@ -339,7 +342,15 @@ func receiveRing[T any](ctx context.Context, ps *packetSocket, h *handler[T]) er
 				continue
 			}
 			batch = 0
-			if err := ps.wait(); err != nil {
+			if h.kv != nil {
+				h.drainTwins()
+				h.sleeping(true)
+			}
+			err := ps.wait()
+			if h.kv != nil {
+				h.sleeping(false)
+			}
+			if err != nil {
 				if ctx.Err() != nil {
 					return nil
 				}

@@ -214,9 +214,10 @@ const (
 
 // twinReader reads the twins waiting on the stream's UDP socket.
 type twinReader interface {
-	// readTwins reads what the socket holds, up to a bound, and passes
-	// each twin to v.twin; it notes in v when it found the socket empty
-	// and when the read began.
+	// readTwins reads what the socket holds, up to a bound and while v
+	// has room, and passes each twin to v.twin; it notes in v when it
+	// found the socket empty and when a read not cut short for room
+	// began.
 	readTwins(v *verdicts)
 	// drops returns the socket's count of datagrams it dropped.
 	drops() uint64
@@ -235,16 +236,17 @@ type verdicts struct {
 
 	owners []*twinOwner
 
+	evict       bool   // a full table of twins makes room by its oldest
+	drain       bool   // read the socket though no ring datagram waits
 	sockEmptyAt int64  // when the last read that found the socket empty began
 	readAt      int64  // when the last whole read began
 	dropsSeen   uint64 // the socket's drop count when last read
-	overflow    uint64 // socket drops not yet set against a datagram without twin
+	dropsWall   int64  // when, ns since the epoch, it was last seen to grow
+	overflowed  uint64 // ring datagrams without twin set against those drops
 
 	// Datagrams the ring dropped for a bad UDP checksum, which the
-	// socket drops and counts too, and how many of them its count has
-	// shown.
+	// socket drops and counts too.
 	checksumDrops atomic.Uint64
-	checksumSeen  uint64
 
 	socketOnly atomic.Uint64 // twins whose ring datagram never came
 	pairs      atomic.Uint64
@@ -255,10 +257,12 @@ type verdicts struct {
 // twinOwner is one receive goroutine's part of the pairing state.
 type twinOwner struct {
 	fam     uint8
-	paired  []bool   // by held slot: the twin came
-	seqs    []uint64 // by held slot: its place in the ring's order
-	emptyAt int64    // just before its ring was last found empty
-	lastTS  int64    // the latest receive time of a datagram it took
+	paired  []bool      // by held slot: the twin came
+	seqs    []uint64    // by held slot: its place in the ring's order
+	emptyAt int64       // just before its ring was last found empty
+	asleep  bool        // waiting in the poller for its ring
+	ready   func() bool // whether its ring has a frame to take; asked only while asleep
+	lastTS  int64       // the latest receive time of a datagram it took
 
 	// Pairings that are evidence for the datagrams before them in the
 	// ring (see twinGrace): each is later in the ring, and paired later,
@@ -318,6 +322,16 @@ func pairTime(rx int64, fragmented bool) int64 {
 	return rx
 }
 
+// room reports whether n more twins may be read from the socket. Twins
+// wait in the table for ring datagrams not yet taken, or whose ring copy
+// was lost, until a sweep; the socket's queue keeps the rest. Only a
+// receive goroutine that can take no more ring datagrams until some of
+// those it holds pair makes room by dropping the oldest twins. Called with
+// mu held.
+func (v *verdicts) room(n int) bool {
+	return v.evict || len(v.twins.ents)-v.twins.n >= n
+}
+
 // twin takes one twin read from the socket at time at (wall on the
 // wall clock), received by the kernel at rx: it pairs it with the ring
 // datagram it stands for, or keeps it for one not yet taken. Called with
@@ -360,8 +374,18 @@ func (v *verdicts) pair(ref int32, at int64) {
 // after that (and so wrote to the ring after it), or one received twinLate
 // after the twin (longer than any CPU's backlog holds a datagram back),
 // the datagram was taken and dropped, or never reached the ring because it
-// was full. Called with mu held.
+// was full. A goroutine asleep in the poller has its ring looked at here:
+// it may sleep for long. Called with mu held.
 func (v *verdicts) sweep() {
+	if v.twins.oldest < 0 {
+		return
+	}
+	now := v.now() // before the look at the rings
+	for _, o := range v.owners {
+		if o.asleep && !o.ready() {
+			o.emptyAt = now
+		}
+	}
 	for v.twins.oldest >= 0 {
 		e := v.twins.entry(v.twins.oldest)
 		for _, o := range v.owners {
@@ -400,23 +424,29 @@ func (v *verdicts) refused(o *twinOwner, seq uint64, at int64) bool {
 	return o.nmark > 0 && v.readAt >= o.marks[o.mark].at+int64(twinGrace)
 }
 
-// refusal returns the drop verdict of a ring datagram without twin: the
-// kernel refused it, unless the socket dropped datagrams for want of room
-// that no other datagram without twin accounts for. Called with mu held.
-func (v *verdicts) refusal() verdict {
-	if v.overflow == 0 {
-		if d := v.sock.drops(); d > v.dropsSeen {
-			n := d - v.dropsSeen
-			v.dropsSeen = d
-			// The socket's count includes the datagrams that failed
-			// its checksum, which the ring dropped and counted already.
-			bad := min(n, v.checksumDrops.Load()-v.checksumSeen)
-			v.checksumSeen += bad
-			v.overflow += n - bad
-		}
+// noteDrops reads the socket's count of dropped datagrams, noting when it
+// grew. It is read whenever ring datagrams wait for their twins, and
+// before a receive goroutine sleeps, so that drops are known close to
+// when they happened. Called with mu held.
+func (v *verdicts) noteDrops() {
+	if d := v.sock.drops(); d > v.dropsSeen {
+		v.dropsSeen = d
+		v.dropsWall = time.Now().UnixNano()
 	}
-	if v.overflow > 0 {
-		v.overflow--
+}
+
+// refusal returns the drop verdict of a ring datagram without twin, which
+// the kernel received at ts: the kernel refused it, unless the socket
+// dropped datagrams for want of room that no other datagram without twin
+// accounts for, and was seen to after ts (its twin would have been
+// dropped then). The socket's count includes the datagrams that failed
+// its checksum, which the ring dropped and counted already; the balance
+// is taken whole each time, as the ring may count one after the socket
+// did. Called with mu held.
+func (v *verdicts) refusal(ts int64) verdict {
+	v.noteDrops()
+	if v.dropsSeen > v.checksumDrops.Load()+v.overflowed && ts <= v.dropsWall {
+		v.overflowed++
 		return dropKernel
 	}
 	return dropRejected
@@ -426,9 +456,9 @@ func (v *verdicts) refusal() verdict {
 type heldPacket[T any] struct {
 	pkt     Packet[T]
 	counted *atomic.Uint64 // as in handler.counted
-	at, ts  int64
-	seq     uint64 // its place in the ring's order
-	entry   int32  // in verdicts.held; -1 once paired
+	at, ts  int64          // taken, on the pairing clock; received, the kernel time
+	seq     uint64         // its place in the ring's order
+	entry   int32          // in verdicts.held; -1 once paired
 	live    bool
 }
 
@@ -480,7 +510,7 @@ func (h *handler[T]) hold(ctx context.Context, payload []byte) error {
 	kv.count++
 	kv.seq++
 	s := &kv.slots[i]
-	s.pkt, s.counted, s.ts, s.seq, s.live = *pkt, counted, ts, kv.seq, true
+	s.pkt, s.counted, s.ts, s.seq, s.live = *pkt, counted, rx, kv.seq, true
 	*pkt = Packet[T]{}
 	v := kv.v
 	s.at = v.now()
@@ -512,6 +542,10 @@ func (h *handler[T]) settleTwins(ctx context.Context, ringEmptyAt int64) error {
 		v.mu.Lock()
 		if ringEmptyAt >= 0 {
 			kv.own.emptyAt = ringEmptyAt
+		}
+		v.evict = kv.count == len(kv.slots)
+		if v.held.len() > 0 {
+			v.noteDrops()
 		}
 		v.sock.readTwins(v)
 		v.sweep()
@@ -550,7 +584,7 @@ func (h *handler[T]) collect() (more bool) {
 		case v.refused(kv.own, s.seq, s.at):
 			v.held.remove(s.entry)
 			h.counts.pending.Add(^uint64(0))
-			h.counts.drops[v.refusal()].Add(1)
+			h.counts.drops[v.refusal(s.ts)].Add(1)
 		default:
 			continue
 		}
@@ -573,6 +607,32 @@ func (h *handler[T]) twinsWaiting() bool {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.waiting(h.fam)
+}
+
+// drainTwins reads, before the goroutine sleeps, the twins left on the
+// socket though no ring datagram waits for them: those of datagrams the
+// ring lost, or never sees (looped-back multicast). Left there they would
+// fill the socket's buffer, and the kernel would drop the twins of the
+// datagrams to come.
+func (h *handler[T]) drainTwins() {
+	v := h.kv.v
+	v.mu.Lock()
+	v.noteDrops()
+	v.evict, v.drain = false, true
+	v.sock.readTwins(v)
+	v.drain = false
+	v.sweep()
+	v.mu.Unlock()
+}
+
+// sleeping notes that the goroutine waits in the poller for its ring, or
+// has stopped waiting: while it waits, other goroutines look at its ring
+// when they sweep.
+func (h *handler[T]) sleeping(on bool) {
+	v := h.kv.v
+	v.mu.Lock()
+	h.kv.own.asleep = on
+	v.mu.Unlock()
 }
 
 // abandonHeld counts what the goroutine still holds as abandoned: the

@@ -11,9 +11,11 @@ import (
 // what the kernel delivers to it is its verdict on the ring's datagrams
 // (see twin.go). It is read only for that, twinPrefix bytes of each
 // datagram with the receive time and destination, by the receive
-// goroutines whenever they pair. It is kept off the runtime poller: the
-// poller watches its sockets for their whole life, and a socket with a
-// datagram for each one the ring takes would wake an idle thread for each.
+// goroutines whenever they pair and before they sleep, so that twins no
+// ring datagram waits for do not fill it. It is kept off the runtime
+// poller: the poller watches its sockets for their whole life, and a
+// socket with a datagram for each one the ring takes would wake an idle
+// thread for each.
 
 // twinOptions are the control messages a twin is paired on.
 var twinOptions = []sockOpt{
@@ -26,7 +28,10 @@ var twinOptions = []sockOpt{
 }
 
 // twinReads bounds the recvmmsg calls of one readTwins: a socket that
-// never runs dry must not keep a receive goroutine from its ring.
+// never runs dry must not keep a receive goroutine from its ring. A read
+// that drains the socket before the goroutine sleeps is bounded by the
+// pairing's room instead: the kernel gives a UDP socket's memory back
+// only once a good part of its buffer has been read.
 const twinReads = 16
 
 // openTwinSocket reserves the port with a socket that receives, and takes
@@ -77,16 +82,20 @@ func openTwinSocket(cfg *config, port uint16, ifName string) (*udpSocket, uint16
 }
 
 // readTwins reads the twins the socket holds while ring datagrams wait
-// for theirs: the socket's queue, not the pairing's table, holds the twins
-// of datagrams still in a ring. A read that comes back with fewer than it
+// for theirs, or when v.drain asks: the socket's queue, not the pairing's
+// table, holds the twins of datagrams still in a ring. A read that comes back with fewer than it
 // asked for found the socket empty before it returned.
 func (us *udpSocket) readTwins(v *verdicts) {
-	if v.held.len() == 0 {
+	if v.held.len() == 0 && !v.drain {
 		return
 	}
 	began := v.now()
-	defer func() { v.readAt = began }()
-	for range twinReads {
+	for i := 0; i < twinReads || v.drain; i++ {
+		if !v.room(socketBatch) {
+			// The rest stays queued on the socket until the pairing has
+			// room for it: not a whole read.
+			return
+		}
 		before := v.now()
 		us.block = false
 		if us.rc.Control(us.controlFn) != nil || us.err != nil {
@@ -102,17 +111,19 @@ func (us *udpSocket) readTwins(v *verdicts) {
 		}
 		if us.n < socketBatch {
 			v.sockEmptyAt = before
-			return
+			break
 		}
-		if v.held.len() == 0 {
-			return
+		if v.held.len() == 0 && !v.drain {
+			break
 		}
 	}
+	v.readAt = began
 }
 
-// drops returns the socket's count of dropped datagrams.
+// drops returns the socket's count of dropped datagrams. It allocates
+// nothing: it is read as often as the twins are.
 func (us *udpSocket) drops() uint64 {
-	var d uint64
-	_ = us.rc.Control(func(fd uintptr) { d = socketDrops(int(fd)) })
-	return d
+	us.dropCount = 0
+	_ = us.rc.Control(us.dropsFn)
+	return us.dropCount
 }
