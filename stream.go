@@ -501,6 +501,7 @@ type handler[T any] struct {
 	sent    int // handed over
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
+	slab   slab   // the built-in decoders' copies
 
 	// With WithFragments: the fragments of the datagram being finished,
 	// as the reassembler handed them over, and the decoder's views of them.
@@ -679,7 +680,7 @@ func (h *handler[T]) fragmentViews() []Fragment {
 // one WithPortErrors surfaces (counted already).
 func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, ip, udp, payload []byte) error {
 	pkt.tx = h.tx
-	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload, frags: h.fragmentViews()}
+	h.d = Datagram{hdr: &pkt.Header, ip: ip, udp: udp, payload: payload, frags: h.fragmentViews(), slab: &h.slab}
 	pkt.Value, pkt.Err = decode(h.dec, &h.d)
 	h.d = Datagram{}
 	clear(h.frags)
