@@ -29,7 +29,7 @@ func udpFrame(fam uint8, sport uint16, payload []byte) []byte {
 
 // BenchmarkDecoders measures the built-in copying decoders through the
 // handler's path, with a consumer that reads each value's first and last
-// byte and drops it, against a decoder that copies
+// byte and drops it (or releases it), against a decoder that copies
 // nothing: the cost of the copy, its allocations and the garbage
 // collection they bring.
 func BenchmarkDecoders(b *testing.B) {
@@ -42,6 +42,13 @@ func BenchmarkDecoders(b *testing.B) {
 			})
 			b.Run(name+"Payload", func(b *testing.B) { benchDecoder(b, Payload, frame, touchValue) })
 			b.Run(name+"Raw", func(b *testing.B) { benchDecoder(b, Raw, frame, touchValue) })
+			b.Run(name+"PayloadBuffer", func(b *testing.B) {
+				benchDecoder(b, PayloadBuffer, frame, func(v Buffer) byte {
+					x := touchValue(v.Bytes())
+					v.Release()
+					return x
+				})
+			})
 		}
 	}
 }
@@ -94,6 +101,10 @@ var copyingDecoders = []struct {
 }{
 	{"Payload", Payload, false},
 	{"Raw", Raw, true},
+	{"PayloadBuffer", func(d *Datagram) ([]byte, error) {
+		b, err := PayloadBuffer(d)
+		return b.Bytes(), err
+	}, false},
 }
 
 // decodeFrames runs frames through a handler with dec and returns the
@@ -209,7 +220,8 @@ func allocsPerDatagram[T any](t *testing.T, dec Decoder[T], frame []byte, n int,
 
 // TestDecoderAllocs checks the allocations per datagram of the built-in
 // copying decoders: a small copy is carved from a slab, one allocation
-// for many; a large one is an allocation of its own.
+// for many; a large one is an allocation of its own; a released Buffer's
+// memory is reused.
 func TestDecoderAllocs(t *testing.T) {
 	const n = 4096
 	for _, fam := range []uint8{4, 6} {
@@ -218,12 +230,16 @@ func TestDecoderAllocs(t *testing.T) {
 			keep := func([]byte) {}
 			pl := allocsPerDatagram(t, Payload, frame, n, keep)
 			raw := allocsPerDatagram(t, Raw, frame, n, keep)
-			t.Logf("ipv%d, %d-byte payload: allocations per datagram: Payload %.3f, Raw %.3f", fam, size, pl, raw)
+			buf := allocsPerDatagram(t, PayloadBuffer, frame, n, func(b Buffer) { b.Release() })
+			t.Logf("ipv%d, %d-byte payload: allocations per datagram: Payload %.3f, Raw %.3f, PayloadBuffer %.3f", fam, size, pl, raw, buf)
 			if size < slabMaxCopy && (pl > 0.05 || raw > 0.05) {
 				t.Errorf("ipv%d, %d-byte payload: Payload %.3f, Raw %.3f allocations per datagram, want a slab's for many", fam, size, pl, raw)
 			}
 			if pl > 1.05 || raw > 1.05 {
 				t.Errorf("ipv%d, %d-byte payload: Payload %.3f, Raw %.3f allocations per datagram, want at most one", fam, size, pl, raw)
+			}
+			if buf > 0.01 && !raceEnabled {
+				t.Errorf("ipv%d, %d-byte payload: PayloadBuffer %.3f allocations per datagram released, want none", fam, size, buf)
 			}
 		}
 	}
