@@ -27,12 +27,13 @@ const (
 	recvAFPacket      = "gopacket-afpacket"
 	recvUDPStream     = "udpstream"
 	recvUDPStreamCopy = "udpstream-copy"
+	recvUDPStreamBuf  = "udpstream-buffer"
 	recvUDPStreamFan  = "udpstream-fanout2"
 	recvUDPStreamSock = "udpstream-socket"
 	recvUDPStreamKern = "udpstream-kernel"
 )
 
-var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
+var receiverNames = []string{recvUDPConn, recvXNet, recvNaive, recvAFPacket, recvUDPStream, recvUDPStreamCopy, recvUDPStreamBuf, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
 
 // recvConfig is what a receiver is told about the traffic it waits for.
 // Every receiver listens on both families.
@@ -49,6 +50,7 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvAFPacket:      openAFPacket,
 	recvUDPStream:     openUDPStream,
 	recvUDPStreamCopy: openUDPStreamCopy,
+	recvUDPStreamBuf:  openUDPStreamBuffer,
 	recvUDPStreamFan:  openUDPStreamFanout,
 	recvUDPStreamSock: openUDPStreamSocket,
 	recvUDPStreamKern: openUDPStreamKernel,
