@@ -252,3 +252,22 @@ func ExampleWithFragments() {
 		}
 	}
 }
+
+// At high rates: each payload copied into pooled memory, released once
+// it has been used, so that receiving allocates nothing.
+func ExamplePayloadBuffer() {
+	pkts, err := udpstream.Listen(context.Background(), 5353, udpstream.PayloadBuffer)
+	if err != nil {
+		log.Fatal(err)
+	}
+	var total int
+	for p := range pkts {
+		if p.Err != nil {
+			log.Print(p.Err)
+			continue
+		}
+		total += len(p.Value.Bytes())
+		p.Value.Release() // p.Value.Bytes() must not be used after this
+	}
+	fmt.Println(total, "bytes")
+}

@@ -157,6 +157,61 @@ func TestViewsBounded(t *testing.T) {
 	}
 }
 
+// TestDecoderCopiesBoundedStream is TestViewsBounded for what the
+// copying decoders return, on the paths of the kernel: ring slots over
+// both families, reassembly, GSO splitting and, in socket mode, the
+// socket's queue. Every copy's capacity is its length, and appending to
+// one and writing past its end leaves every other copy as it came.
+func TestDecoderCopiesBoundedStream(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	ip(t, "link", "set", "lo", "mtu", "1280")
+	for _, dc := range copyingDecoders {
+		for _, mode := range []Mode{ModeRing, ModeSocket} {
+			if dc.ip && mode == ModeSocket {
+				continue // no header bytes to copy
+			}
+			s := openT(t, 0, dc.dec, WithMode(mode))
+			c4 := udpSender(t, "udp4", 64, 0)
+			c6 := udpSender(t, "udp6", 64, 0)
+			gso := udpSender(t, "udp4", 64, 0)
+			setSockopt(t, gso, func(fd int) error { return unix.SetsockoptInt(fd, unix.SOL_UDP, unix.UDP_SEGMENT, 100) })
+			want := 0
+			for i, n := range []int{1, 40, 64, 300, 511, 512, 513, 1200, 4000} {
+				sendTo(t, c4, "127.0.0.1", s.Port(), bigPayload(n, byte(i)))
+				sendTo(t, c6, "::1", s.Port(), bigPayload(n, byte(i+100)))
+				want += 2
+			}
+			sendTo(t, gso, "127.0.0.1", s.Port(), bigPayload(3000, 3)) // thirty datagrams
+			want += 30
+			var vals, orig [][]byte
+			for range want {
+				p := recvOne(t, s.Packets(), 2*time.Second)
+				if p.Err != nil {
+					t.Fatalf("%s, %v mode: %v", dc.name, mode, p.Err)
+				}
+				if cap(p.Value) != len(p.Value) {
+					t.Errorf("%s, %v mode: a %d-byte copy has capacity %d", dc.name, mode, len(p.Value), cap(p.Value))
+				}
+				vals = append(vals, p.Value)
+				orig = append(orig, bytes.Clone(p.Value))
+			}
+			for i := range vals {
+				grown := append(vals[i], bytes.Repeat([]byte{0xee}, 600)...)
+				grown[len(grown)-1] ^= 0xff
+				for j := range vals {
+					if !bytes.Equal(vals[j], orig[j]) {
+						t.Fatalf("%s, %v mode: appending to the %d-byte copy changed the %d-byte copy", dc.name, mode, len(vals[i]), len(vals[j]))
+					}
+				}
+			}
+			s.Close()
+		}
+	}
+}
+
 // TestDecoderPanicError checks that a decoder's panic reaches the channel
 // as one line, with its stack available through errors.As.
 func TestDecoderPanicError(t *testing.T) {

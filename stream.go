@@ -504,6 +504,7 @@ type handler[T any] struct {
 	unsettled int
 
 	gsoBuf []byte // one segment of a UDP GSO super-packet at a time
+	slab   slab   // the built-in decoders' copies
 
 	// With WithFragments: the fragments of the datagram being finished,
 	// as the reassembler handed them over, and the decoder's views of them.
@@ -685,7 +686,7 @@ func (h *handler[T]) decodeInto(ctx context.Context, pkt *Packet[T], v verdict, 
 	// Field by field: a composite literal is built on the stack first and
 	// copied, which showed in profiles.
 	d := &h.d
-	d.hdr, d.ip, d.udp, d.payload, d.frags = &pkt.Header, ip, udp, payload, h.fragmentViews()
+	d.hdr, d.ip, d.udp, d.payload, d.frags, d.slab = &pkt.Header, ip, udp, payload, h.fragmentViews(), &h.slab
 	pkt.Value, pkt.Err = decode(h.dec, d)
 	*d = Datagram{}
 	clear(h.frags)

@@ -36,34 +36,7 @@ func BenchmarkHandle(b *testing.B) {
 			}
 			name := map[uint8]string{4: "v4", 6: "v6"}[fam]
 			b.Run(name+"/"+map[int]string{64: "64", 1400: "1400"}[size], func(b *testing.B) {
-				out := make(chan Packet[struct{}], 256)
-				h := testHandler(HeaderOnly, out)
-				h.fam = fam
-				done := make(chan int)
-				go func() {
-					n := 0
-					for range out {
-						n++
-					}
-					done <- n
-				}()
-				m := frameMeta{ifIndex: 1, vouched: true}
-				ctx := context.Background()
-				b.ReportAllocs()
-				b.SetBytes(int64(len(frame)))
-				b.ResetTimer()
-				for range b.N {
-					if err := h.handle(ctx, frame, &m); err != nil {
-						b.Fatal(err)
-					}
-				}
-				if err := h.flush(ctx); err != nil {
-					b.Fatal(err)
-				}
-				close(out)
-				if n := <-done; n != b.N {
-					b.Fatalf("delivered %d of %d", n, b.N)
-				}
+				benchDecoder(b, HeaderOnly, frame, func(struct{}) byte { return 0 })
 			})
 		}
 	}

@@ -29,6 +29,8 @@
 //   - udpstream: udpstream.Open with default options, ranging over the
 //     channel, with a decoder that copies nothing and touches the payload.
 //   - udpstream-copy: the same with the built-in udpstream.Payload decoder.
+//   - udpstream-buffer: the same with the built-in udpstream.PayloadBuffer
+//     decoder, each Buffer released once the consumer has read it.
 //   - udpstream-socket: udpstream with WithMode(ModeSocket): no packet
 //     socket; the port's UDP socket read with recvmmsg and control messages
 //     for TTL / hop limit, TOS, destination, interface and time.

@@ -27,6 +27,7 @@ const (
 	recvAFPacket      = "gopacket-afpacket"
 	recvUDPStream     = "udpstream"
 	recvUDPStreamCopy = "udpstream-copy"
+	recvUDPStreamBuf  = "udpstream-buffer"
 	recvUDPStreamFan  = "udpstream-fanout2"
 	recvUDPStreamSock = "udpstream-socket"
 	recvUDPConnChan   = "net.UDPConn+chan"
@@ -36,7 +37,7 @@ const (
 )
 
 var receiverNames = []string{recvUDPConn, recvUDPConnChan, recvXNet, recvNaive, recvAFPacket, recvRingFloor, recvRingChanFloor,
-	recvUDPStream, recvUDPStreamCopy, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
+	recvUDPStream, recvUDPStreamCopy, recvUDPStreamBuf, recvUDPStreamFan, recvUDPStreamSock, recvUDPStreamKern}
 
 // floors are the receivers every receiver's CPU is also set against: what
 // a channel over a plain socket costs, and what udpstream's ring walk
@@ -58,6 +59,7 @@ var openers = map[string]func(recvConfig, *meter) (*session, error){
 	recvAFPacket:      openAFPacket,
 	recvUDPStream:     openUDPStream,
 	recvUDPStreamCopy: openUDPStreamCopy,
+	recvUDPStreamBuf:  openUDPStreamBuffer,
 	recvUDPStreamFan:  openUDPStreamFanout,
 	recvUDPStreamSock: openUDPStreamSocket,
 	recvUDPStreamKern: openUDPStreamKernel,

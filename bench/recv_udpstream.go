@@ -44,6 +44,16 @@ func openUDPStreamCopy(c recvConfig, m *meter) (*session, error) {
 	return openStream(c, m, udpstream.Payload, touch)
 }
 
+// openUDPStreamBuffer is udpstream with default options and the built-in
+// PayloadBuffer decoder, each Buffer released once its bytes are read.
+func openUDPStreamBuffer(c recvConfig, m *meter) (*session, error) {
+	return openStream(c, m, udpstream.PayloadBuffer, func(b udpstream.Buffer) uint16 {
+		v := touch(b.Bytes())
+		b.Release()
+		return v
+	})
+}
+
 func openStream[T any](c recvConfig, m *meter, dec udpstream.Decoder[T], touched func(T) uint16, opts ...udpstream.Option) (*session, error) {
 	s, err := udpstream.Open(context.Background(), uint16(c.port), dec, opts...)
 	if err != nil {
