@@ -24,9 +24,20 @@ func checkSameHeader(t *testing.T, what string, got, ring Header) {
 	}
 }
 
-// pairs reports how many ring datagrams of the stream paired with a twin,
-// which they do only on the same receive time.
-func pairs[T any](s *Stream[T]) uint64 { return s.sys.verdict.pairs.Load() }
+// checkAllPaired checks that a kernel-verdict stream delivered n
+// datagrams, each paired with its twin, and dropped none. (An injecting
+// link's multicast listener reports, behind a Hop-by-Hop header, may count
+// as not UDP.)
+func checkAllPaired[T any](t *testing.T, s *Stream[T], n uint64) {
+	t.Helper()
+	st := settled(t, s)
+	if st.Delivered != n || st.Dropped()-st.NotUDP != 0 || st.SocketOnly != 0 {
+		t.Errorf("stats %+v", st)
+	}
+	if p := s.sys.verdict.pairs.Load(); p != n {
+		t.Errorf("%d pairs, want %d", p, n)
+	}
+}
 
 // TestKernelMode receives in kernel-verdict mode while a ring-mode monitor
 // watches the same port: both families, a link-local destination and a
@@ -62,15 +73,7 @@ func TestKernelMode(t *testing.T) {
 		checkSameHeader(t, k, h, rh[k])
 	}
 	expectNone(t, s.Packets(), 100*time.Millisecond)
-	// (The injecting link's multicast listener reports, behind a
-	// Hop-by-Hop header, may count as not UDP.)
-	st := settled(t, s)
-	if st.Delivered != 4 || st.Dropped()-st.NotUDP != 0 || st.SocketOnly != 0 {
-		t.Errorf("stats %+v", st)
-	}
-	if n := pairs(s); n != 4 {
-		t.Errorf("%d pairs, want 4", n)
-	}
+	checkAllPaired(t, s, 4)
 }
 
 // TestKernelModeInterface binds a kernel-verdict stream to one interface,
@@ -131,12 +134,7 @@ func TestKernelModeFragments(t *testing.T) {
 			t.Errorf("ipv%d: fragments %d", h.Version, h.Fragments)
 		}
 	}
-	if st := settled(t, s); st.Delivered != 3 || st.Dropped() != 0 || st.SocketOnly != 0 {
-		t.Errorf("stats %+v", st)
-	}
-	if n := pairs(s); n != 3 {
-		t.Errorf("%d pairs, want 3", n)
-	}
+	checkAllPaired(t, s, 3)
 }
 
 // TestKernelModeSysctl follows a rule of the kernel's that the ring's own
@@ -455,18 +453,7 @@ func TestKernelModeReplyCancel(t *testing.T) {
 
 	// Flows spread over the group, each datagram delivered once.
 	const flows = 32
-	for range flows {
-		sendTo(t, udpSender(t, "udp4", 64, 0), "127.0.0.1", s.Port(), []byte("x"))
-	}
-	seen := map[netip.AddrPort]bool{}
-	for range flows {
-		p := recvOne(t, s.Packets(), 2*time.Second)
-		if seen[p.Header.Src] {
-			t.Fatalf("%v delivered twice", p.Header.Src)
-		}
-		seen[p.Header.Src] = true
-	}
-	expectNone(t, s.Packets(), 100*time.Millisecond)
+	spreadFlows(t, s, flows)
 
 	// Busy at the end: what the stream held is counted.
 	for range 100 {

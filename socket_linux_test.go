@@ -249,6 +249,24 @@ func TestSocketModeReplyAndStats(t *testing.T) {
 	}
 }
 
+// spreadFlows sends one datagram from each of n sockets of their own to
+// s's port on 127.0.0.1, and checks that each arrives once.
+func spreadFlows[T any](t *testing.T, s *Stream[T], n int) {
+	t.Helper()
+	for range n {
+		sendTo(t, udpSender(t, "udp4", 64, 0), "127.0.0.1", s.Port(), []byte("x"))
+	}
+	seen := map[netip.AddrPort]bool{}
+	for range n {
+		p := recvOne(t, s.Packets(), 2*time.Second)
+		if seen[p.Header.Src] {
+			t.Fatalf("%v delivered twice", p.Header.Src)
+		}
+		seen[p.Header.Src] = true
+	}
+	expectNone(t, s.Packets(), 100*time.Millisecond)
+}
+
 // TestSocketModeFanout spreads flows over SO_REUSEPORT sockets, each
 // datagram delivered once.
 func TestSocketModeFanout(t *testing.T) {
@@ -258,18 +276,7 @@ func TestSocketModeFanout(t *testing.T) {
 	leakCheck(t)
 	s := openT(t, 0, HeaderOnly, WithMode(ModeSocket), WithFanout(4))
 	const flows = 32
-	for range flows {
-		sendTo(t, udpSender(t, "udp4", 64, 0), "127.0.0.1", s.Port(), []byte("x"))
-	}
-	seen := map[netip.AddrPort]bool{}
-	for range flows {
-		p := recvOne(t, s.Packets(), 2*time.Second)
-		if seen[p.Header.Src] {
-			t.Fatalf("%v delivered twice", p.Header.Src)
-		}
-		seen[p.Header.Src] = true
-	}
-	expectNone(t, s.Packets(), 100*time.Millisecond)
+	spreadFlows(t, s, flows)
 	if st := settled(t, s); st.Delivered != flows {
 		t.Errorf("stats %+v", st)
 	}
