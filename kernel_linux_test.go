@@ -309,15 +309,12 @@ func TestKernelModeIdleFanoutMember(t *testing.T) {
 	}
 }
 
-// TestKernelModeAfterBurst overflows the ring with a burst the consumer
-// does not read: the twins of the datagrams the ring lost stay on the
-// socket, where no ring datagram waits for them. The datagrams that follow
-// once the burst is read must still reach the socket, and be delivered.
-func TestKernelModeAfterBurst(t *testing.T) {
-	if !inNetns(t) {
-		return
-	}
-	leakCheck(t)
+// overflowBurst opens a kernel-verdict stream with a 1 MiB ring per
+// family and an unbuffered channel, sends it 8,000 datagrams over IPv4
+// before reading any, so that its ring and socket overflow, and then reads
+// what it delivers. It returns the stream and the sender.
+func overflowBurst(t *testing.T) (*Stream[[]byte], *net.UDPConn) {
+	t.Helper()
 	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
 	c4 := udpSender(t, "udp4", 64, 0)
 	for i := range 8000 {
@@ -332,6 +329,19 @@ func TestKernelModeAfterBurst(t *testing.T) {
 		}
 		break
 	}
+	return s, c4
+}
+
+// TestKernelModeAfterBurst overflows the ring with a burst the consumer
+// does not read: the twins of the datagrams the ring lost stay on the
+// socket, where no ring datagram waits for them. The datagrams that follow
+// once the burst is read must still reach the socket, and be delivered.
+func TestKernelModeAfterBurst(t *testing.T) {
+	if !inNetns(t) {
+		return
+	}
+	leakCheck(t)
+	s, c4 := overflowBurst(t)
 	before := settled(t, s)
 	for i := range 3 {
 		time.Sleep(50 * time.Millisecond)
@@ -361,20 +371,7 @@ func TestKernelModeRejectedAfterOverflow(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	s := openT(t, 0, Payload, WithMode(ModeKernel), WithBufferSize(1<<20), WithChannelCapacity(0))
-	c4 := udpSender(t, "udp4", 64, 0)
-	for i := range 8000 {
-		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
-	}
-	time.Sleep(100 * time.Millisecond)
-	for {
-		select {
-		case <-s.Packets():
-			continue
-		case <-time.After(300 * time.Millisecond):
-		}
-		break
-	}
+	s, _ := overflowBurst(t)
 	before := settled(t, s)
 	if before.KernelDrops == 0 || before.Rejected != 0 {
 		t.Fatalf("after the burst: %+v", before)
