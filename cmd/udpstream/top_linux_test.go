@@ -33,9 +33,13 @@ func TestTopTmux(t *testing.T) {
 		t.Helper()
 		// The shell traps SIGINT (a handler, which the tool does not
 		// inherit), so that it outlives a tool the signal ends and the
-		// pane stays as the tool left it.
+		// pane stays as the tool left it. Once the tool is gone it
+		// ignores the signal, which its sleep then inherits: a Ctrl-C
+		// that comes after the tool has ended (the second of two, when
+		// the first ended it quickly) would otherwise end the sleep, the
+		// shell and the pane with it.
 		tmux("new-session", "-d", "-x", "80", "-y", "24", "-s", session,
-			"trap : INT; env TERM=xterm-256color "+bin+" -top -port 5555; echo EXITED $?; sleep 60")
+			"trap : INT; env TERM=xterm-256color "+bin+" -top -port 5555; echo EXITED $?; trap '' INT; sleep 60")
 	}
 	start("top")
 	t.Cleanup(func() { exec.Command("tmux", "-S", sock, "kill-server").Run() })
