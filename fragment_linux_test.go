@@ -27,7 +27,7 @@ func TestFragmentedByKernel(t *testing.T) {
 	if isPeer(t) {
 		ifi := peerInterface(t)
 		ip(t, "addr", "add", "192.0.2.2/24", "dev", ifi.Name)
-		ip(t, "-6", "addr", "add", "2001:db8::2/64", "dev", ifi.Name, "nodad")
+		addr6(t, "2001:db8::2/64", ifi.Name)
 		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
 		for _, dst := range []string{"192.0.2.1", "2001:db8::1"} {
 			c, err := net.ListenPacket("udp", ":0")
@@ -51,7 +51,7 @@ func TestFragmentedByKernel(t *testing.T) {
 	ip(t, "link", "add", "fr0", "type", "veth", "peer", "name", "fr1")
 	ip(t, "link", "set", "fr0", "up")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "fr0")
-	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "fr0", "nodad")
+	addr6(t, "2001:db8::1/64", "fr0")
 	s := openT(t, 0, Payload)
 	wait := startPeer(t, "fr1", "UDPSTREAM_PORT="+strconv.Itoa(int(s.Port())))
 	defer wait()

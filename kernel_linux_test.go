@@ -48,7 +48,7 @@ func TestKernelMode(t *testing.T) {
 		return
 	}
 	leakCheck(t)
-	ip(t, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad")
+	addr6(t, "fe80::1/64", "lo")
 	in := injectLink(t, "192.0.2.10/24", "2001:db8::10/64")
 	s := openT(t, 0, Payload, WithMode(ModeKernel))
 	if s.Mode() != ModeKernel {

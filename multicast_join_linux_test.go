@@ -81,7 +81,7 @@ func TestJoinPeer(t *testing.T) {
 	ip(t, "link", "add", "j0", "type", "veth", "peer", "name", "j1")
 	ip(t, "link", "set", "j0", "up")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "j0")
-	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "j0", "nodad")
+	addr6(t, "2001:db8::1/64", "j0")
 
 	s := openT(t, 0, Payload, WithJoin(joinG4, joinG6))
 	s2 := openT(t, 0, Payload, WithJoin(joinG6, joinG4))
@@ -169,7 +169,7 @@ func joinPeerBody(t *testing.T) {
 		if a.Is4() {
 			ip(t, "addr", "add", a.String()+"/24", "dev", ifi.Name)
 		} else {
-			ip(t, "-6", "addr", "add", a.String()+"/64", "dev", ifi.Name, "nodad")
+			addr6(t, a.String()+"/64", ifi.Name)
 		}
 	}
 	var ports []uint16
@@ -238,7 +238,7 @@ func TestJoinFollowsInterfaces(t *testing.T) {
 	mon := openT(t, s.Port(), Payload, WithMonitor(), WithJoin(unjoin4))
 	ip(t, "link", "add", "late0", "type", "veth", "peer", "name", "late1")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "late0")
-	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "late0", "nodad")
+	addr6(t, "2001:db8::1/64", "late0")
 	peer := iface(t, "late1")
 	near := iface(t, "late0")
 	// Down, the interface is not joined yet; up, it is.
@@ -301,7 +301,7 @@ func TestMulticastLoopback(t *testing.T) {
 	leakCheck(t)
 	vethPair(t, "lp0", "lp1")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "lp0")
-	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "lp0", "nodad")
+	addr6(t, "2001:db8::1/64", "lp0")
 	member, err := net.ListenUDP("udp", &net.UDPAddr{})
 	if err != nil {
 		t.Fatal(err)
@@ -363,7 +363,7 @@ func TestJoinBridge(t *testing.T) {
 		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
 		host := map[string]int{"ba1": 0, "bb1": 1}[ifi.Name]
 		ip(t, "addr", "add", joinPeer4[host].String()+"/24", "dev", ifi.Name)
-		ip(t, "-6", "addr", "add", joinPeer6[host].String()+"/64", "dev", ifi.Name, "nodad")
+		addr6(t, joinPeer6[host].String()+"/64", ifi.Name)
 		if host == 1 {
 			// The member: it hears the sender's datagrams to the port.
 			r := openT(t, uint16(port), Payload, WithJoin(joinG4, joinG6))
@@ -403,7 +403,7 @@ func TestJoinBridge(t *testing.T) {
 	ip(t, "link", "add", "br0", "type", "bridge")
 	ip(t, "link", "set", "br0", "up")
 	ip(t, "addr", "add", "192.0.2.1/24", "dev", "br0")
-	ip(t, "-6", "addr", "add", "2001:db8::1/64", "dev", "br0", "nodad")
+	addr6(t, "2001:db8::1/64", "br0")
 	for _, p := range []string{"ba", "bb"} {
 		ip(t, "link", "add", p+"0", "type", "veth", "peer", "name", p+"1")
 		ip(t, "link", "set", p+"0", "master", "br0")

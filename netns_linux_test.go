@@ -120,12 +120,37 @@ func injectLink(t *testing.T, prefixes ...string) *injector {
 	peer, mac, _ := vethPair(t, "in0", "in1")
 	for _, p := range prefixes {
 		if netip.MustParsePrefix(p).Addr().Is6() {
-			ip(t, "-6", "addr", "add", p, "dev", "in0", "nodad")
+			addr6(t, p, "in0")
 		} else {
 			ip(t, "addr", "add", p, "dev", "in0")
 		}
 	}
 	return newInjector(t, peer, mac)
+}
+
+// addr6 gives dev the IPv6 address prefix, without duplicate address
+// detection, and waits until the kernel delivers datagrams to it.
+// "ip addr add" returns before that, nodad or not: the address's local
+// route goes into the routing table from the kernel's address workqueue
+// (addrconf_dad_work), which needs the RTNL lock, and other namespaces'
+// work, as their teardown, can hold that for a good part of a second.
+// Until then a datagram to the address is dropped as not for this host.
+// (An IPv4 address's routes are in place when "ip addr add" returns.)
+func addr6(t *testing.T, prefix, dev string) {
+	t.Helper()
+	addr := netip.MustParsePrefix(prefix).Addr().String()
+	ip(t, "-6", "addr", "add", prefix, "dev", dev, "nodad")
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		out, err := exec.Command("ip", "-6", "route", "show", "table", "local", "type", "local", addr, "dev", dev).CombinedOutput()
+		if err == nil && len(bytes.TrimSpace(out)) > 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no local route for %s on %s after 5 s: %s %v", addr, dev, out, err)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 // injector sends hand-built IP packets out of an interface with a packet

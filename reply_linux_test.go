@@ -27,7 +27,7 @@ func TestReplyFromDestination(t *testing.T) {
 		ip(t, "addr", "add", a, "dev", "d0")
 	}
 	for _, a := range []string{"2001:db8::1/64", "2001:db8::2/64"} {
-		ip(t, "-6", "addr", "add", a, "dev", "d0", "nodad")
+		addr6(t, a, "d0")
 	}
 	s := openT(t, 0, Payload)
 	go func() {
@@ -180,7 +180,7 @@ func TestReplyRacesClose(t *testing.T) {
 func TestReplyLinkLocal(t *testing.T) {
 	if isPeer(t) {
 		ifi := peerInterface(t)
-		ip(t, "-6", "addr", "add", "fe80::2/64", "dev", ifi.Name, "nodad")
+		addr6(t, "fe80::2/64", ifi.Name)
 		port, _ := strconv.Atoi(os.Getenv("UDPSTREAM_PORT"))
 		c, err := net.ListenUDP("udp6", &net.UDPAddr{IP: net.ParseIP("fe80::2"), Zone: ifi.Name})
 		if err != nil {
@@ -213,7 +213,7 @@ func TestReplyLinkLocal(t *testing.T) {
 	for _, l := range [][2]string{{"ll0", "ll1"}, {"ll2", "ll3"}} {
 		ip(t, "link", "add", l[0], "type", "veth", "peer", "name", l[1])
 		ip(t, "link", "set", l[0], "up")
-		ip(t, "-6", "addr", "add", "fe80::1/64", "dev", l[0], "nodad")
+		addr6(t, "fe80::1/64", l[0])
 	}
 	s := openT(t, 0, Payload, WithNetwork("udp6"))
 	peerOf := map[string]string{"ll0": "ll1", "ll2": "ll3"}

@@ -352,7 +352,7 @@ func soakLink(t *testing.T, near, far string, prefixes ...string) (*rawLink, *ne
 	writeSysctl(t, "net/ipv6/conf/"+near+"/keep_addr_on_down", "1")
 	for _, p := range prefixes {
 		if netip.MustParsePrefix(p).Addr().Is6() {
-			ip(t, "-6", "addr", "add", p, "dev", near, "nodad")
+			addr6(t, p, near)
 		} else {
 			ip(t, "addr", "add", p, "dev", near)
 		}

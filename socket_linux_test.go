@@ -125,7 +125,7 @@ func TestSocketMode(t *testing.T) {
 	}
 	leakCheck(t)
 	// Before the ring opens: it reads the host's addresses then.
-	ip(t, "-6", "addr", "add", "fe80::1/64", "dev", "lo", "nodad")
+	addr6(t, "fe80::1/64", "lo")
 	s := openT(t, 0, Payload, WithMode(ModeSocket))
 	if s.Mode() != ModeSocket {
 		t.Fatalf("mode %v", s.Mode())

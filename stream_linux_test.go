@@ -1105,7 +1105,7 @@ func TestTunLink(t *testing.T) {
 	}
 	ip(t, "link", "set", "tun0", "up")
 	ip(t, "addr", "add", "10.9.0.1/24", "dev", "tun0")
-	ip(t, "-6", "addr", "add", "fd00:9::1/64", "dev", "tun0", "nodad")
+	addr6(t, "fd00:9::1/64", "tun0")
 
 	s := openT(t, 0, Payload, WithInterface("tun0"))
 	h := v4()
