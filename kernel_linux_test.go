@@ -34,7 +34,11 @@ func checkAllPaired[T any](t *testing.T, s *Stream[T], n uint64) {
 	if st.Delivered != n || st.Dropped()-st.NotUDP != 0 || st.SocketOnly != 0 {
 		t.Errorf("stats %+v", st)
 	}
-	if p := s.sys.verdict.pairs.Load(); p != n {
+	v := s.sys.verdict
+	v.mu.Lock()
+	p := v.pairs
+	v.mu.Unlock()
+	if p != n {
 		t.Errorf("%d pairs, want %d", p, n)
 	}
 }
@@ -278,14 +282,7 @@ func TestKernelModeIdleFanoutMember(t *testing.T) {
 			sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
 		}
 		time.Sleep(100 * time.Millisecond)
-		for {
-			select {
-			case <-s.Packets():
-				continue
-			case <-time.After(300 * time.Millisecond):
-			}
-			break
-		}
+		drainQuiet(s)
 	}
 	v := s.sys.verdict
 	for i := 0; ; i++ {
@@ -309,6 +306,19 @@ func TestKernelModeIdleFanoutMember(t *testing.T) {
 	}
 }
 
+// drainQuiet reads what s delivers until it has delivered nothing for
+// 300 ms.
+func drainQuiet[T any](s *Stream[T]) {
+	for {
+		select {
+		case <-s.Packets():
+			continue
+		case <-time.After(300 * time.Millisecond):
+		}
+		return
+	}
+}
+
 // overflowBurst opens a kernel-verdict stream with a 1 MiB ring per
 // family and an unbuffered channel, sends it 8,000 datagrams over IPv4
 // before reading any, so that its ring and socket overflow, and then reads
@@ -321,14 +331,7 @@ func overflowBurst(t *testing.T) (*Stream[[]byte], *net.UDPConn) {
 		sendTo(t, c4, "127.0.0.1", s.Port(), []byte(fmt.Sprint(i)))
 	}
 	time.Sleep(100 * time.Millisecond)
-	for {
-		select {
-		case <-s.Packets():
-			continue
-		case <-time.After(300 * time.Millisecond):
-		}
-		break
-	}
+	drainQuiet(s)
 	return s, c4
 }
 

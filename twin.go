@@ -112,6 +112,9 @@ func newKeyTable(capacity int) keyTable {
 	return t
 }
 
+// room is how many more entries add would take.
+func (t *keyTable) room() int { return len(t.ents) - t.n }
+
 // full reports whether add would fail.
 func (t *keyTable) full() bool { return t.free < 0 }
 
@@ -249,7 +252,7 @@ type verdicts struct {
 	checksumDrops atomic.Uint64
 
 	socketOnly atomic.Uint64 // twins whose ring datagram never came
-	pairs      atomic.Uint64
+	pairs      uint64        // ring datagrams paired; under mu
 
 	scratch Header // a twin's, as it is read
 }
@@ -329,7 +332,7 @@ func pairTime(rx int64, fragmented bool) int64 {
 // those it holds pair makes room by dropping the oldest twins. Called with
 // mu held.
 func (v *verdicts) room(n int) bool {
-	return v.evict || len(v.twins.ents)-v.twins.n >= n
+	return v.evict || v.twins.room() >= n
 }
 
 // twin takes one twin read from the socket at time at (wall on the
@@ -354,7 +357,7 @@ func (v *verdicts) pair(ref int32, at int64) {
 	o := v.owners[ref>>16]
 	slot := ref & 0xffff
 	o.paired[slot] = true
-	v.pairs.Add(1)
+	v.pairs++
 	seq := o.seqs[slot]
 	if o.nmark > 0 && o.marks[(o.mark+o.nmark-1)%len(o.marks)].seq >= seq {
 		return // an earlier mark says more
